@@ -1,0 +1,5 @@
+"""`python -m pipeline` is `llmspend`."""
+
+from pipeline.cli import main
+
+main()

@@ -1,0 +1,192 @@
+"""The ``llmspend`` command line: a thin shell over the pipeline's modules.
+
+Expected failures (port taken, no Java, mvn failure, bad configuration) print one line
+``llmspend: error: ...`` and exit non-zero, without a Python traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from pipeline import broker, topics
+from pipeline.config import ConfigError, Settings, describe, load_settings
+
+EXPECTED_ERRORS: tuple[type[Exception], ...] = (
+    ConfigError, broker.BrokerError, topics.TopicSpecError)
+
+
+def _expected_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except EXPECTED_ERRORS as exc:
+            click.echo(f"llmspend: error: {exc}", err=True)
+            sys.exit(2)
+    return wrapper
+
+
+def _settings(ctx: click.Context) -> Settings:
+    if ctx.obj is None:
+        ctx.obj = load_settings(config_file=ctx.find_root().params.get("config"))
+    return ctx.obj
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", type=click.Path(dir_okay=False), default=None,
+              help="TOML settings file (default: $LLMSPEND_CONFIG or ./llmspend.toml).")
+def main(config: str | None) -> None:
+    """llmspend: what your LLM calls cost, as it happens."""
+
+
+def ensure_topics(settings: Settings) -> topics.TopicPlan:
+    """Create missing declared topics and return the plan (for up and demo)."""
+    from pipeline.clients import admin_client
+
+    specs = topics.load_topics(settings.topics_file)
+    try:
+        admin = admin_client(settings, request_timeout_ms=15000)
+    except Exception as exc:  # noqa: BLE001 - kafka-python raises several kinds
+        raise broker.BrokerError(f"cannot reach Kafka at "
+                                 f"{settings.kafka.bootstrap_servers}: {exc}") from None
+    try:
+        return topics.ensure_topics(admin, specs)
+    finally:
+        admin.close()
+
+
+def bring_up(settings: Settings, echo: Callable[[str], Any] = click.echo) -> bool:
+    """Start the broker if llmspend manages it, then the topics; True if a broker started."""
+    started = False
+    if settings.kafka.managed:
+        pid, started = broker.start(settings)
+        verb = "started" if started else "already running"
+        echo(f"kafka     {verb} (pid {pid}) on {settings.kafka.bootstrap_servers}")
+    else:
+        broker.wait_reachable(settings.kafka.bootstrap_servers, 15.0, settings)
+        echo(f"kafka     using existing cluster {settings.kafka.bootstrap_servers}")
+    plan = ensure_topics(settings)
+    for spec in plan.create:
+        echo(f"topic     created {spec.name} ({spec.partitions} partitions)")
+    for name, declared, actual in plan.mismatched:
+        echo(f"topic     WARNING {name} has {actual} partitions, {declared} declared "
+             f"(left unchanged)")
+    if not plan.create:
+        echo(f"topics    {len(plan.present) + len(plan.mismatched)} declared topics present")
+    return started
+
+
+@main.command()
+@click.pass_context
+@_expected_errors
+def up(ctx: click.Context) -> None:
+    """Start the local Kafka broker (unless LLMSPEND_KAFKA_BOOTSTRAP is set) and topics."""
+    bring_up(_settings(ctx))
+
+
+@main.command()
+@click.pass_context
+@_expected_errors
+def down(ctx: click.Context) -> None:
+    """Stop what `up` started. Not an error when nothing runs."""
+    settings = _settings(ctx)
+    if not settings.kafka.managed:
+        click.echo("kafka     external cluster: nothing to stop")
+        return
+    click.echo("kafka     stopped" if broker.stop(settings) else "kafka     not running")
+
+
+@main.command()
+@click.pass_context
+@_expected_errors
+def status(ctx: click.Context) -> None:
+    """What runs, where; topics with partition counts and end offsets."""
+    settings = _settings(ctx)
+    st = broker.status(settings)
+    where = "local, managed by llmspend" if st.managed else "external"
+    if st.managed:
+        state = f"running (pid {st.pid})" if st.pid else "not running"
+    else:
+        state = "reachable" if st.reachable else "NOT reachable"
+    click.echo(f"kafka     {state} at {st.bootstrap} ({where})")
+    if st.log_file:
+        click.echo(f"log       {st.log_file}")
+    if not st.reachable:
+        sys.exit(1)
+    for line in topic_report(settings):
+        click.echo(line)
+
+
+def topic_report(settings: Settings) -> list[str]:
+    """One line per topic: declared or not, partitions, sum of end offsets."""
+    from kafka import TopicPartition
+
+    from pipeline.clients import admin_client, consumer
+
+    declared = {s.name: s for s in topics.load_topics(settings.topics_file)}
+    admin = admin_client(settings)
+    try:
+        existing = topics.existing_partitions(admin)
+    finally:
+        admin.close()
+    c = consumer(settings)
+    try:
+        tps = [TopicPartition(t, p) for t, n in existing.items() for p in range(n)]
+        ends = c.end_offsets(tps) if tps else {}
+    finally:
+        c.close()
+    lines = [f"{'topic':<24} {'partitions':>10} {'end offsets':>12}  note"]
+    for name in sorted(set(existing) | set(declared)):
+        if name not in existing:
+            lines.append(f"{name:<24} {'-':>10} {'-':>12}  MISSING (run `llmspend up`)")
+            continue
+        total = sum(v for tp, v in ends.items() if tp.topic == name)
+        note = ""
+        if name in declared and declared[name].partitions != existing[name]:
+            note = f"declared {declared[name].partitions} partitions"
+        elif name not in declared:
+            note = "not declared in topics file"
+        lines.append(f"{name:<24} {existing[name]:>10} {total:>12}  {note}")
+    return lines
+
+
+@main.command("config")
+@click.pass_context
+@_expected_errors
+def show_config(ctx: click.Context) -> None:
+    """Print every setting: environment variable, TOML key and effective value."""
+    settings = _settings(ctx)
+    for env_name, dotted, _default in describe():
+        value: Any = settings
+        for part in dotted.split("."):
+            value = getattr(value, part)
+        if "password" in dotted and value:
+            value = "***"
+        click.echo(f"{env_name:<34} {dotted:<26} {value}")
+
+
+@main.command()
+@click.option("--keep", is_flag=True, help="Leave the broker running afterwards.")
+@click.pass_context
+@_expected_errors
+def demo(ctx: click.Context, keep: bool) -> None:
+    """End-to-end demo on a local Kafka (grows with the pipeline)."""
+    from pipeline import demo as demo_mod
+
+    settings = _settings(ctx)
+    started = bring_up(settings)
+    try:
+        demo_mod.run(settings, click.echo)
+    finally:
+        if started and not keep:
+            broker.stop(settings)
+            click.echo("kafka     stopped (use --keep to leave it running)")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

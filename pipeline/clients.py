@@ -1,0 +1,107 @@
+"""Kafka clients built from one :class:`~pipeline.config.Settings`.
+
+Every Kafka client in llmspend (kafka-python, aiokafka, Faust) is created here, so the
+bootstrap servers, the security settings and the message-size limit are handed to all of
+them identically.
+"""
+
+from __future__ import annotations
+
+import ssl
+from typing import Any
+
+from pipeline.config import KafkaSettings, Settings
+
+
+def _ssl_context(k: KafkaSettings) -> ssl.SSLContext | None:
+    if "SSL" not in k.security_protocol:
+        return None
+    ctx = ssl.create_default_context(cafile=k.ssl_cafile or None)
+    return ctx
+
+
+def kafka_python_config(settings: Settings) -> dict[str, Any]:
+    """Connection settings for kafka-python clients (producer, consumer, admin)."""
+    k = settings.kafka
+    cfg: dict[str, Any] = {
+        "bootstrap_servers": k.bootstrap_servers.split(","),
+        "security_protocol": k.security_protocol,
+    }
+    if k.sasl_mechanism:
+        cfg.update(sasl_mechanism=k.sasl_mechanism, sasl_plain_username=k.sasl_username,
+                   sasl_plain_password=k.sasl_password)
+    if k.ssl_cafile:
+        cfg["ssl_cafile"] = k.ssl_cafile
+    return cfg
+
+
+def aiokafka_config(settings: Settings) -> dict[str, Any]:
+    """Connection settings for aiokafka clients (the library under Faust)."""
+    k = settings.kafka
+    cfg: dict[str, Any] = {
+        "bootstrap_servers": k.bootstrap_servers,
+        "security_protocol": k.security_protocol,
+    }
+    if k.sasl_mechanism:
+        cfg.update(sasl_mechanism=k.sasl_mechanism, sasl_plain_username=k.sasl_username,
+                   sasl_plain_password=k.sasl_password)
+    ctx = _ssl_context(k)
+    if ctx is not None:
+        cfg["ssl_context"] = ctx
+    return cfg
+
+
+def faust_broker_config(settings: Settings) -> dict[str, Any]:
+    """``faust.App`` keyword arguments for the broker URL and credentials."""
+    k = settings.kafka
+    cfg: dict[str, Any] = {
+        "broker": ";".join(f"kafka://{h}" for h in k.bootstrap_servers.split(",")),
+        "producer_max_request_size": k.max_message_bytes,
+        "consumer_max_fetch_size": k.max_message_bytes,
+    }
+    if k.security_protocol == "PLAINTEXT":
+        return cfg
+    import faust
+
+    ctx = _ssl_context(k)
+    if k.sasl_mechanism:
+        cfg["broker_credentials"] = faust.SASLCredentials(
+            username=k.sasl_username, password=k.sasl_password, ssl_context=ctx,
+            mechanism=k.sasl_mechanism)
+    elif ctx is not None:
+        cfg["broker_credentials"] = faust.SSLCredentials(ctx)
+    return cfg
+
+
+def admin_client(settings: Settings, **overrides: Any):
+    """A kafka-python admin client (callers close it)."""
+    from kafka import KafkaAdminClient
+
+    return KafkaAdminClient(client_id="llmspend-admin",
+                            **{**kafka_python_config(settings), **overrides})
+
+
+def producer(settings: Settings, **overrides: Any):
+    """A kafka-python producer that waits for every in-sync replica (nothing lost)."""
+    from kafka import KafkaProducer
+
+    cfg: dict[str, Any] = {
+        "acks": "all",
+        "max_request_size": settings.kafka.max_message_bytes,
+        "linger_ms": 5,
+        "retries": 5,
+        "client_id": "llmspend",
+    }
+    return KafkaProducer(**{**kafka_python_config(settings), **cfg, **overrides})
+
+
+def consumer(settings: Settings, *topics: str, **overrides: Any):
+    """A kafka-python consumer able to fetch our largest records."""
+    from kafka import KafkaConsumer
+
+    cfg: dict[str, Any] = {
+        "max_partition_fetch_bytes": settings.kafka.max_message_bytes,
+        "fetch_max_bytes": max(settings.kafka.max_message_bytes, 52428800),
+        "client_id": "llmspend",
+    }
+    return KafkaConsumer(*topics, **{**kafka_python_config(settings), **cfg, **overrides})

@@ -1,0 +1,26 @@
+"""Shared fixtures: settings for tests, and the real broker for integration tests."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from pipeline.config import Settings, load_settings
+
+
+@pytest.fixture(scope="session")
+def kafka_settings() -> Settings:
+    """Settings pointing at a real, reachable broker with the declared topics.
+
+    Uses the broker named by LLMSPEND_KAFKA_BOOTSTRAP or the local one; starts the local
+    one if nothing answers (and stops it at the end), so `pytest` alone works.
+    """
+    from pipeline import broker
+    from pipeline.cli import bring_up
+
+    settings = load_settings()
+    started = bring_up(settings, echo=lambda _line: None)
+    yield settings
+    if started and not os.environ.get("LLMSPEND_TEST_KEEP_BROKER"):
+        broker.stop(settings)

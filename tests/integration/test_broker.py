@@ -1,0 +1,198 @@
+"""The real local Kafka broker: topics, produce/consume with both client libraries, and the
+up/status/down lifecycle of the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+from kafka import TopicPartition
+
+from pipeline import broker
+from pipeline.clients import admin_client, aiokafka_config, consumer, producer
+from pipeline.config import load_settings
+from pipeline.topics import existing_partitions, load_topics
+from schemas.topics import LLM_ALERTS, OTLP_SPANS
+
+pytestmark = pytest.mark.integration
+
+
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True,
+                          text=True, env={**os.environ, **(env or {})}, timeout=300)
+
+
+def test_declared_topics_exist_with_declared_partitions(kafka_settings):
+    admin = admin_client(kafka_settings)
+    try:
+        existing = existing_partitions(admin)
+    finally:
+        admin.close()
+    for spec in load_topics(kafka_settings.topics_file):
+        assert existing.get(spec.name) == spec.partitions, spec.name
+
+
+def test_kafka_python_round_trip_of_a_large_otlp_sized_record(kafka_settings):
+    """A record near the 8 MB limit (large OTLP batches) goes through and comes back."""
+    payload = os.urandom(7 * 1024 * 1024)
+    key = uuid.uuid4().bytes
+    p = producer(kafka_settings)
+    try:
+        md = p.send(OTLP_SPANS, payload, key=key).get(timeout=30)
+    finally:
+        p.close()
+    tp = TopicPartition(OTLP_SPANS, md.partition)
+    c = consumer(kafka_settings, enable_auto_commit=False)
+    try:
+        c.assign([tp])
+        c.seek(tp, md.offset)
+        got = []
+        for _ in range(30):
+            got += [r for b in c.poll(timeout_ms=1000).values() for r in b]
+            if got:
+                break
+    finally:
+        c.close()
+    assert got and got[0].key == key and got[0].value == payload
+
+
+def test_aiokafka_round_trip(kafka_settings):
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+    value = uuid.uuid4().hex.encode()
+
+    async def go() -> bytes:
+        p = AIOKafkaProducer(acks="all", **aiokafka_config(kafka_settings))
+        await p.start()
+        try:
+            md = await p.send_and_wait(LLM_ALERTS, value)
+        finally:
+            await p.stop()
+        c = AIOKafkaConsumer(enable_auto_commit=False, **aiokafka_config(kafka_settings))
+        await c.start()
+        try:
+            tp = TopicPartition(LLM_ALERTS, md.partition)
+            from aiokafka import TopicPartition as ATP
+            atp = ATP(tp.topic, tp.partition)
+            c.assign([atp])
+            c.seek(atp, md.offset)
+            record = await asyncio.wait_for(c.getone(), timeout=30)
+            return record.value
+        finally:
+            await c.stop()
+
+    assert asyncio.run(go()) == value
+
+
+def test_auto_create_is_off(kafka_settings):
+    from kafka.errors import KafkaTimeoutError
+
+    p = producer(kafka_settings, max_block_ms=3000)
+    try:
+        with pytest.raises(KafkaTimeoutError):
+            p.send(f"typo-{uuid.uuid4().hex}", b"x").get(timeout=5)
+    finally:
+        p.close()
+
+
+def test_up_is_idempotent_and_status_reports_the_broker(kafka_settings):
+    if not kafka_settings.kafka.managed:
+        pytest.skip("external broker: llmspend does not manage it")
+    before = broker.running_pid(kafka_settings)
+    first = _cli("up")
+    assert first.returncode == 0, first.stderr
+    assert "already running" in first.stdout
+    assert broker.running_pid(kafka_settings) == before
+    st = _cli("status")
+    assert st.returncode == 0, st.stderr
+    assert f"running (pid {before})" in st.stdout
+    assert "127.0.0.1:9092" in st.stdout
+    for spec in load_topics(kafka_settings.topics_file):
+        line = next(x for x in st.stdout.splitlines() if x.split()[:1] == [spec.name])
+        assert line.split()[1] == str(spec.partitions)
+
+
+def test_demo_sends_a_real_otlp_batch_through_the_broker(kafka_settings):
+    out = _cli("demo", "--keep")
+    assert out.returncode == 0, out.stderr
+    assert "came back intact" in out.stdout
+    assert "gpt-4o-mini" in out.stdout
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _our_java_processes(props: Path) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmd = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"kafka.Kafka" in cmd and str(props).encode() in cmd:
+                pids.append(int(entry.name))
+    return pids
+
+
+def test_full_lifecycle_on_other_ports_leaves_no_process(tmp_path):
+    """up twice -> one broker; status; down; down again is fine; nothing left behind."""
+    env = {"LLMSPEND_STATE_DIR": str(tmp_path / "state"),
+           "LLMSPEND_KAFKA_PORT": str(_free_port()),
+           "LLMSPEND_KAFKA_CONTROLLER_PORT": str(_free_port()),
+           "LLMSPEND_KAFKA_BOOTSTRAP": ""}
+    props = (tmp_path / "state" / "kafka" / "server.properties").resolve()
+    try:
+        assert _cli("up", env=env).returncode == 0
+        again = _cli("up", env=env)
+        assert again.returncode == 0 and "already running" in again.stdout
+        assert len(_our_java_processes(props)) == 1
+        st = _cli("status", env=env)
+        assert st.returncode == 0 and "running (pid" in st.stdout
+    finally:
+        down = _cli("down", env=env)
+    assert down.returncode == 0 and "stopped" in down.stdout
+    assert _our_java_processes(props) == []
+    second = _cli("down", env=env)
+    assert second.returncode == 0 and "not running" in second.stdout
+    st = _cli("status", env=env)
+    assert st.returncode == 1 and "not running" in st.stdout
+
+
+def test_port_taken_by_a_stranger_is_one_clear_line(tmp_path):
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        out = _cli("up", env={"LLMSPEND_STATE_DIR": str(tmp_path),
+                              "LLMSPEND_KAFKA_PORT": str(port),
+                              "LLMSPEND_KAFKA_CONTROLLER_PORT": str(_free_port()),
+                              "LLMSPEND_KAFKA_BOOTSTRAP": ""})
+    assert out.returncode == 2
+    assert f"port {port} (kafka.port) is taken" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_missing_java_is_one_clear_line(tmp_path):
+    out = _cli("up", env={"LLMSPEND_STATE_DIR": str(tmp_path),
+                          "LLMSPEND_KAFKA_PORT": str(_free_port()),
+                          "LLMSPEND_KAFKA_CONTROLLER_PORT": str(_free_port()),
+                          "LLMSPEND_KAFKA_JAVA": "/nonexistent/java",
+                          "LLMSPEND_KAFKA_BOOTSTRAP": ""})
+    assert out.returncode == 2
+    assert "needs Java 17+" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_settings_of_the_test_session_point_at_a_live_broker(kafka_settings):
+    st = broker.status(kafka_settings)
+    assert st.reachable
+    assert load_settings().kafka.bootstrap_servers == kafka_settings.kafka.bootstrap_servers
