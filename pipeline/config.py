@@ -14,6 +14,7 @@ Later stages add their own section dataclasses to :class:`Settings`.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import tomllib
 import types
@@ -77,6 +78,75 @@ class KafkaSettings:
         return self.bootstrap or f"127.0.0.1:{self.port}"
 
 
+@dataclass(frozen=True)
+class PrivacySettings:
+    """Message content is personal data: what is kept, and the key of its hashes."""
+
+    #: Comma-separated tenants whose message content may be kept (opt-in).
+    keep_content_tenants: str = ""
+    #: Replace user ids by their keyed hash in llm_calls.
+    pseudonymise_users: bool = False
+
+    @property
+    def keep_content(self) -> frozenset[str]:
+        return frozenset(t.strip() for t in self.keep_content_tenants.split(",") if t.strip())
+
+
+@dataclass(frozen=True)
+class IngestSettings:
+    """The OTLP receivers (HTTP and gRPC) that produce to ``otlp_spans``."""
+
+    host: str = "127.0.0.1"
+    http_port: int = 4318
+    grpc_port: int = 4317
+    #: Largest accepted request body after decompression (413 above it).
+    max_body_bytes: int = 32 * 1024 * 1024
+    #: ``token=tenant,token2=tenant2``; empty: auth off, tenant ``default``.
+    tokens: str = ""
+    #: File with one ``token=tenant`` per line (``#`` comments allowed).
+    tokens_file: Path | None = None
+    #: Seconds to wait for Kafka's acknowledgement before answering 503.
+    produce_timeout_s: float = 10.0
+    #: Requests waiting for Kafka at once before answering 429.
+    max_inflight: int = 64
+    #: ``Retry-After`` seconds sent with 503/429.
+    retry_after_s: int = 2
+
+
+@dataclass(frozen=True)
+class AttributionSettings:
+    """Which span (then resource) attributes name the team, user, use case and unit.
+
+    Each value is a comma-separated list of attribute keys tried in order, first on the
+    span, then on its resource.
+    """
+
+    team_keys: str = "llmspend.team,team,team.name"
+    user_keys: str = "user.id,enduser.id,llmspend.user_id"
+    use_case_keys: str = "llmspend.use_case,use_case"
+    unit_type_keys: str = "llmspend.unit_type"
+    unit_id_keys: str = "llmspend.unit_id"
+    environment_keys: str = "deployment.environment.name,deployment.environment"
+
+    @staticmethod
+    def keys(value: str) -> tuple[str, ...]:
+        return tuple(k.strip() for k in value.split(",") if k.strip())
+
+
+@dataclass(frozen=True)
+class PricingSettings:
+    """The pricing catalog and what this organisation changes about it."""
+
+    #: The versioned catalog (a data file); see schemas/pricing/README.md.
+    catalog: Path = PROJECT_ROOT / "schemas" / "pricing" / "catalog.toml"
+    #: Model aliases beyond the catalog's own, e.g. Azure deployment names:
+    #: ``{"my-gpt4o-deployment" = "gpt-4o"}`` (TOML table; JSON object in the env var).
+    aliases: dict = field(default_factory=dict)
+    #: Per-tenant negotiated prices: ``{tenant = {discount = "0.20"}}`` or per model
+    #: ``{tenant = {models = {"gpt-4o" = {input = "2.00", output = "8.00"}}}}``.
+    overrides: dict = field(default_factory=dict)
+
+
 _SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 _SASL_MECHANISMS = ("", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
@@ -93,7 +163,16 @@ class Settings:
     data_dir: Path | None = None
     #: The declarative topic list.
     topics_file: Path = PROJECT_ROOT / "infra" / "topics.toml"
+    #: Secret key of the content hashes (HMAC-SHA256). Prefer hash_key_file in production.
+    hash_key: str = ""
+    #: File holding the key. Without either, a random key is created once in
+    #: ``<state_dir>/hash.key`` (fine for one machine; share one key across a fleet).
+    hash_key_file: Path | None = None
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
+    privacy: PrivacySettings = field(default_factory=PrivacySettings)
+    ingest: IngestSettings = field(default_factory=IngestSettings)
+    attribution: AttributionSettings = field(default_factory=AttributionSettings)
+    pricing: PricingSettings = field(default_factory=PricingSettings)
 
     @property
     def broker_dir(self) -> Path:
@@ -102,6 +181,44 @@ class Settings:
     @property
     def lake_dir(self) -> Path:
         return self.data_dir or self.state_dir / "data"
+
+    def hash_key_bytes(self) -> bytes:
+        """The content-hash key: configured, from a file, or created once per state dir."""
+        if self.hash_key:
+            return self.hash_key.encode()
+        path = self.hash_key_file or self.state_dir / "hash.key"
+        if self.hash_key_file is None and not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(os.urandom(32).hex() + "\n")
+        try:
+            key = path.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"hash_key_file: {exc}") from None
+        if len(key) < 16:
+            raise ConfigError(f"hash_key_file: key in {path} is shorter than 16 "
+                              f"characters")
+        return key.encode()
+
+    def ingest_tokens(self) -> dict[str, str]:
+        """Bearer token -> tenant; empty when auth is off."""
+        text = self.ingest.tokens.replace(",", "\n")
+        if self.ingest.tokens_file is not None:
+            try:
+                text += "\n" + self.ingest.tokens_file.read_text()
+            except OSError as exc:
+                raise ConfigError(f"ingest.tokens_file: {exc}") from None
+        out: dict[str, str] = {}
+        for line in text.splitlines():
+            line = line.split("#", 1)[0].strip()
+            if not line:
+                continue
+            token, sep, tenant = line.partition("=")
+            if not sep or not token.strip() or not tenant.strip():
+                raise ConfigError(f"ingest tokens: expected token=tenant, got {line!r}")
+            out[token.strip()] = tenant.strip()
+        return out
 
 
 def _coerce(name: str, raw: Any, annotation: Any) -> Any:
@@ -113,6 +230,13 @@ def _coerce(name: str, raw: Any, annotation: Any) -> Any:
             return None
         return _coerce(name, raw, args[0])
     try:
+        if annotation is dict:
+            if isinstance(raw, Mapping):
+                return dict(raw)
+            value = json.loads(raw)
+            if not isinstance(value, dict):
+                raise ValueError(f"expected a JSON object, got {raw!r}")
+            return value
         if annotation is bool:
             if isinstance(raw, bool):
                 return raw
@@ -167,7 +291,9 @@ def _build(cls: type, toml: Mapping[str, Any], env: Mapping[str, str], prefix: s
 
 def _validate(s: Settings) -> None:
     k = s.kafka
-    for name, port in (("kafka.port", k.port), ("kafka.controller_port", k.controller_port)):
+    for name, port in (("kafka.port", k.port), ("kafka.controller_port", k.controller_port),
+                       ("ingest.http_port", s.ingest.http_port),
+                       ("ingest.grpc_port", s.ingest.grpc_port)):
         if not 0 < port < 65536:
             raise ConfigError(f"{name}: {port} is not a TCP port")
     if k.port == k.controller_port:
@@ -181,6 +307,8 @@ def _validate(s: Settings) -> None:
     if k.security_protocol.startswith("SASL") and not (k.sasl_mechanism and k.sasl_username):
         raise ConfigError("kafka.security_protocol SASL_* needs kafka.sasl_mechanism and "
                           "kafka.sasl_username")
+    if s.ingest.http_port == s.ingest.grpc_port:
+        raise ConfigError("ingest.http_port and ingest.grpc_port must differ")
     if k.max_message_bytes < 1024:
         raise ConfigError("kafka.max_message_bytes: must be at least 1024")
 
