@@ -13,11 +13,14 @@ from typing import Any
 
 import click
 
-from pipeline import broker, topics
+from pipeline import broker, services, topics
 from pipeline.config import ConfigError, Settings, describe, load_settings
 
 EXPECTED_ERRORS: tuple[type[Exception], ...] = (
-    ConfigError, broker.BrokerError, topics.TopicSpecError)
+    ConfigError, broker.BrokerError, topics.TopicSpecError, services.ServiceError)
+
+#: Background services `up` starts, in order (`down` stops them in reverse).
+SERVICES = ("ingest",)
 
 
 def _expected_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -60,8 +63,12 @@ def ensure_topics(settings: Settings) -> topics.TopicPlan:
         admin.close()
 
 
-def bring_up(settings: Settings, echo: Callable[[str], Any] = click.echo) -> bool:
-    """Start the broker if llmspend manages it, then the topics; True if a broker started."""
+def bring_up(settings: Settings, echo: Callable[[str], Any] = click.echo,
+             with_services: bool = False) -> bool:
+    """Start the broker if llmspend manages it, the topics, and optionally the services.
+
+    Returns True if a broker was started now.
+    """
     started = False
     if settings.kafka.managed:
         pid, started = broker.start(settings)
@@ -78,15 +85,49 @@ def bring_up(settings: Settings, echo: Callable[[str], Any] = click.echo) -> boo
              f"(left unchanged)")
     if not plan.create:
         echo(f"topics    {len(plan.present) + len(plan.mismatched)} declared topics present")
+    if with_services:
+        start_services(settings, echo)
     return started
+
+
+def _ingest_ready(settings: Settings) -> Callable[[], bool]:
+    import urllib.error
+    import urllib.request
+
+    url = f"http://{settings.ingest.host}:{settings.ingest.http_port}/health"
+
+    def ready() -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                return r.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+    return ready
+
+
+def start_services(settings: Settings, echo: Callable[[str], Any] = click.echo) -> None:
+    """Start the receivers (and, as stages land, the stream workers) in the background."""
+    s = settings.ingest
+    pid, now = services.start(settings, "ingest", ["ingest"], _ingest_ready(settings))
+    echo(f"ingest    {'started' if now else 'already running'} (pid {pid}): "
+         f"OTLP/HTTP http://{s.host}:{s.http_port}/v1/traces, OTLP/gRPC {s.host}:{s.grpc_port}"
+         f", log {services.log_path(settings, 'ingest')}")
+
+
+def stop_services(settings: Settings, echo: Callable[[str], Any] = click.echo) -> None:
+    for name in reversed(SERVICES):
+        if services.stop(settings, name):
+            echo(f"{name:<9} stopped")
 
 
 @main.command()
 @click.pass_context
 @_expected_errors
-def up(ctx: click.Context) -> None:
-    """Start the local Kafka broker (unless LLMSPEND_KAFKA_BOOTSTRAP is set) and topics."""
-    bring_up(_settings(ctx))
+@click.option("--kafka-only", is_flag=True, help="Only the broker and topics, no services.")
+def up(ctx: click.Context, kafka_only: bool) -> None:
+    """Start the local Kafka broker (unless LLMSPEND_KAFKA_BOOTSTRAP is set), the topics,
+    the OTLP receivers and the stream workers."""
+    bring_up(_settings(ctx), with_services=not kafka_only)
 
 
 @main.command()
@@ -95,6 +136,7 @@ def up(ctx: click.Context) -> None:
 def down(ctx: click.Context) -> None:
     """Stop what `up` started. Not an error when nothing runs."""
     settings = _settings(ctx)
+    stop_services(settings)
     if not settings.kafka.managed:
         click.echo("kafka     external cluster: nothing to stop")
         return
@@ -116,6 +158,10 @@ def status(ctx: click.Context) -> None:
     click.echo(f"kafka     {state} at {st.bootstrap} ({where})")
     if st.log_file:
         click.echo(f"log       {st.log_file}")
+    for name in SERVICES:
+        pid = services.running_pid(settings, name)
+        click.echo(f"{name:<9} " + (f"running (pid {pid}), log {services.log_path(settings, name)}"
+                                    if pid else "not running"))
     if not st.reachable:
         sys.exit(1)
     for line in topic_report(settings):
@@ -153,6 +199,25 @@ def topic_report(settings: Settings) -> list[str]:
             note = "not declared in topics file"
         lines.append(f"{name:<24} {existing[name]:>10} {total:>12}  {note}")
     return lines
+
+
+@main.command()
+@click.pass_context
+@_expected_errors
+def ingest(ctx: click.Context) -> None:
+    """Run the OTLP/HTTP and OTLP/gRPC receivers in the foreground."""
+    import asyncio
+    import logging
+
+    from pipeline.ingest.server import ReceiverError, serve
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
+                                                   "%(message)s")
+    try:
+        asyncio.run(serve(_settings(ctx)))
+    except ReceiverError as exc:
+        click.echo(f"llmspend: error: {exc}", err=True)
+        sys.exit(2)
 
 
 @main.command("config")

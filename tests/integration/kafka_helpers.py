@@ -1,0 +1,82 @@
+"""Helpers for integration tests: read back what landed in a topic, run receivers."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from kafka import TopicPartition
+
+from pipeline.clients import consumer
+from pipeline.config import Settings
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def end_offsets(settings: Settings, topic: str) -> dict[TopicPartition, int]:
+    c = consumer(settings)
+    try:
+        parts = c.partitions_for_topic(topic) or set()
+        return c.end_offsets([TopicPartition(topic, p) for p in parts])
+    finally:
+        c.close()
+
+
+def read_records(settings: Settings, start: dict[TopicPartition, int],
+                 done: Callable[[list[Any]], bool], timeout_s: float = 30.0) -> list[Any]:
+    """Consume from ``start`` offsets until ``done(records)`` or the timeout."""
+    c = consumer(settings, enable_auto_commit=False)
+    records: list[Any] = []
+    try:
+        c.assign(list(start))
+        for tp, off in start.items():
+            c.seek(tp, off)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and not done(records):
+            for batch in c.poll(timeout_ms=500).values():
+                records.extend(batch)
+    finally:
+        c.close()
+    return records
+
+
+@contextmanager
+def receiver(env: dict[str, str]) -> Iterator[dict[str, str]]:
+    """Run `llmspend ingest` as a real process on free ports; yields its endpoints."""
+    http, grpc = free_port(), free_port()
+    full = {**os.environ, "LLMSPEND_INGEST_HTTP_PORT": str(http),
+            "LLMSPEND_INGEST_GRPC_PORT": str(grpc), **env}
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "ingest"], env=full,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{http}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"receiver exited: {proc.stdout.read().decode()[-2000:]}")
+            try:
+                urllib.request.urlopen(base + "/metrics", timeout=1).close()
+                break
+            except (urllib.error.URLError, OSError):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("receiver did not start") from None
+                time.sleep(0.2)
+        yield {"http": base, "traces": base + "/v1/traces", "grpc": f"127.0.0.1:{grpc}"}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
