@@ -20,7 +20,7 @@ EXPECTED_ERRORS: tuple[type[Exception], ...] = (
     ConfigError, broker.BrokerError, topics.TopicSpecError, services.ServiceError)
 
 #: Background services `up` starts, in order (`down` stops them in reverse).
-SERVICES = ("ingest",)
+SERVICES = ("ingest", "worker")
 
 
 def _expected_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -112,6 +112,20 @@ def start_services(settings: Settings, echo: Callable[[str], Any] = click.echo) 
     echo(f"ingest    {'started' if now else 'already running'} (pid {pid}): "
          f"OTLP/HTTP http://{s.host}:{s.http_port}/v1/traces, OTLP/gRPC {s.host}:{s.grpc_port}"
          f", log {services.log_path(settings, 'ingest')}")
+    start_worker(settings, echo)
+
+
+def start_worker(settings: Settings, echo: Callable[[str], Any] = click.echo) -> None:
+    from pipeline.stream.worker import ready_file
+
+    def ready() -> bool:
+        return ready_file(settings).exists()
+
+    if services.running_pid(settings, "worker") is None:
+        ready_file(settings).unlink(missing_ok=True)
+    pid, now = services.start(settings, "worker", ["worker"], ready, timeout_s=120)
+    echo(f"worker    {'started' if now else 'already running'} (pid {pid}): stream stages, "
+         f"log {services.log_path(settings, 'worker')}")
 
 
 def stop_services(settings: Settings, echo: Callable[[str], Any] = click.echo) -> None:
@@ -218,6 +232,54 @@ def ingest(ctx: click.Context) -> None:
     except ReceiverError as exc:
         click.echo(f"llmspend: error: {exc}", err=True)
         sys.exit(2)
+
+
+@main.command()
+@click.option("--loglevel", default="info", show_default=True)
+@click.pass_context
+@_expected_errors
+def worker(ctx: click.Context, loglevel: str) -> None:
+    """Run the stream stages (Faust worker) in the foreground."""
+    from pipeline.stream.worker import run
+
+    run(_settings(ctx), loglevel)
+
+
+@main.group()
+def dlq() -> None:
+    """The dead-letter topic otlp_spans.dlq: records that could not be decoded."""
+
+
+@dlq.command("list")
+@click.option("--limit", default=20, show_default=True, help="Show the last N records.")
+@click.pass_context
+@_expected_errors
+def dlq_list(ctx: click.Context, limit: int) -> None:
+    """Show dead letters: where they came from and why they failed."""
+    import datetime as dt
+
+    from pipeline.dlq import list_dead_letters
+
+    total, entries = list_dead_letters(_settings(ctx.find_root()), limit)
+    click.echo(f"{total} record(s) in otlp_spans.dlq" + (f", last {len(entries)}:"
+                                                          if entries else ""))
+    for e in entries:
+        when = dt.datetime.fromtimestamp(e.timestamp_ms / 1000, dt.UTC).isoformat(
+            timespec="seconds")
+        click.echo(f"  [{e.partition}]@{e.offset} {when} from {e.source} tenant={e.tenant} "
+                   f"{e.size} B: {e.error}")
+
+
+@dlq.command("replay")
+@click.option("--dry-run", is_flag=True, help="Only count what would be replayed.")
+@click.pass_context
+@_expected_errors
+def dlq_replay(ctx: click.Context, dry_run: bool) -> None:
+    """Send dead letters not yet replayed back to otlp_spans (after a fix)."""
+    from pipeline.dlq import replay
+
+    n = replay(_settings(ctx.find_root()), dry_run=dry_run)
+    click.echo(f"{n} record(s) {'would be ' if dry_run else ''}replayed to otlp_spans")
 
 
 @main.command("config")

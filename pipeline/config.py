@@ -163,7 +163,7 @@ class Settings:
     data_dir: Path | None = None
     #: The declarative topic list.
     topics_file: Path = PROJECT_ROOT / "infra" / "topics.toml"
-    #: Secret key of the content hashes (HMAC-SHA256). Prefer hash_key_file in production.
+    #: Secret key of the content hashes (keyed BLAKE2b). Prefer hash_key_file in production.
     hash_key: str = ""
     #: File holding the key. Without either, a random key is created once in
     #: ``<state_dir>/hash.key`` (fine for one machine; share one key across a fleet).

@@ -164,18 +164,20 @@ def _span_problem(span: Any) -> str | None:
 
 def _scrub_attributes(attrs: Any, key: bytes) -> int:
     """Hash then drop content attributes in place; returns how many were dropped."""
-    content = {kv.key: any_value(kv.value) for kv in attrs if privacy.is_content_key(kv.key)}
-    if not content:
+    idx = [i for i, kv in enumerate(attrs) if privacy.is_content_key(kv.key)]
+    if not idx:
         return 0
+    content = {attrs[i].key: any_value(attrs[i].value) for i in idx}
     present = {kv.key for kv in attrs}
     hashes = {k: v for k, v in privacy.content_hashes(key, _stringify(content)).items()
               if k not in present}
-    keep = [kv for kv in attrs if not privacy.is_content_key(kv.key)]
-    del attrs[:]
-    attrs.extend(keep)
+    for i in reversed(idx):  # in place: copying protobuf messages costs more
+        del attrs[i]
     for k, v in hashes.items():
-        attrs.append(KeyValue(key=k, value=AnyValue(string_value=v)))
-    return len(content)
+        kv = attrs.add()
+        kv.key = k
+        kv.value.string_value = v
+    return len(idx)
 
 
 def _stringify(attrs: Mapping[str, Any]) -> dict[str, Any]:

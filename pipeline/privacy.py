@@ -11,14 +11,14 @@ Three hashes survive (span attributes set at ingest, columns of ``llm_calls``):
   signal for loop detection (a looping agent's full prompt grows every step);
 * ``llmspend.tool_args_hash``: the tool call arguments.
 
-Hashes are HMAC-SHA256 under a secret key (``LLMSPEND_HASH_KEY`` or a key file), cut to
-128 bits (32 hex digits): enough to make collisions irrelevant, short enough to store.
+Hashes are keyed BLAKE2b MACs under a secret key (``LLMSPEND_HASH_KEY`` or a key file),
+128 bits (32 hex digits): enough to make collisions irrelevant, short enough to store;
+without the key nobody can test a guessed prompt against a stored hash.
 """
 
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -71,10 +71,15 @@ def is_content_key(key: str) -> bool:
 
 
 def keyed_hash(key: bytes, data: str | bytes) -> str:
-    """HMAC-SHA256 of ``data`` under ``key``, 32 lowercase hex digits."""
+    """Keyed BLAKE2b (a MAC, like HMAC but one pass) of ``data``: 32 lowercase hex digits.
+
+    Keys longer than BLAKE2b's 64-byte limit are first reduced with SHA-256.
+    """
     if isinstance(data, str):
         data = data.encode("utf-8", "surrogatepass")
-    return hmac.new(key, data, hashlib.sha256).hexdigest()[:HASH_HEX_DIGITS]
+    if len(key) > 64:
+        key = hashlib.sha256(key).digest()
+    return hashlib.blake2b(data, key=key, digest_size=HASH_HEX_DIGITS // 2).hexdigest()
 
 
 # ------------------------------------------------------------ message canonical form

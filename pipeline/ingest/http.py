@@ -46,6 +46,19 @@ def _gunzip(data: bytes, limit: int) -> bytes:
     return out
 
 
+async def _read_capped(request: web.Request, limit: int) -> bytes:
+    """The whole body, or OverflowError as soon as it exceeds ``limit`` bytes."""
+    chunks, size = [], 0
+    while True:
+        chunk = await request.content.read(1 << 20)
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > limit:
+            raise OverflowError
+        chunks.append(chunk)
+
+
 def make_app(ingestor: Ingestor) -> web.Application:
     """The aiohttp application: /v1/traces, /health, /metrics."""
     limit = ingestor.settings.ingest.max_body_bytes
@@ -70,9 +83,7 @@ def make_app(ingestor: Ingestor) -> web.Application:
             return _error(413, f"body of {request.content_length} bytes exceeds {limit}",
                           ctype, _INVALID_ARGUMENT)
         try:
-            body = await request.content.read(limit + 1)
-            if len(body) > limit or not request.content.at_eof():
-                raise OverflowError
+            body = await _read_capped(request, limit)
             encoding = request.headers.get("Content-Encoding", "identity").lower()
             if encoding == "gzip":
                 body = _gunzip(body, limit)

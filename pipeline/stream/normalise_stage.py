@@ -1,0 +1,138 @@
+"""Stage 1: ``otlp_spans`` -> decode -> normalise + price -> ``llm_calls`` (NDJSON batches).
+
+One input record (an OTLP export request) becomes at most one output record per target
+partition of ``llm_calls``, holding that partition's calls as newline-delimited JSON. The
+target partition is Kafka's default (murmur2) partition of the key ``tenant|session_id``,
+so one session's calls stay in order on one partition. Batching matters: Faust creates
+one event per Kafka record, and its per-event cost would cap the pipeline if every call
+were a record.
+
+Records that cannot be decoded, or whose spans make the normaliser fail, go unchanged to
+``otlp_spans.dlq`` with the reason; the worker carries on. Output is acknowledged by
+Kafka before Faust may commit the input offset (at-least-once; ``call_id`` makes the
+replayed twin harmless downstream).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline import normalise as core
+from pipeline import otlp, pricing
+from pipeline.config import Settings
+from pipeline.dlq import dlq_headers
+from pipeline.topics import load_topics
+from schemas.topics import LLM_CALLS, OTLP_SPANS, OTLP_SPANS_DLQ
+
+log = logging.getLogger(__name__)
+
+NDJSON = b"application/x-ndjson"
+SOURCE_HEADER = "llmspend-source"
+
+
+@dataclass
+class RecordResult:
+    """What one input record turns into."""
+
+    outputs: list[tuple[int, bytes]] = field(default_factory=list)  # (partition, NDJSON)
+    dead_letter: str | None = None
+    calls: int = 0
+    stats: Counter = field(default_factory=Counter)
+
+
+class NormaliseStage:
+    """The stage's state (settings, catalog, key) around the pure core functions."""
+
+    def __init__(self, settings: Settings, calls_partitions: int) -> None:
+        self.settings = settings
+        self.catalog = pricing.load_catalog(settings.pricing.catalog)
+        self.hash_key = settings.hash_key_bytes()
+        self.partitions = calls_partitions
+        self.totals: Counter = Counter()
+
+    def process(self, value: bytes | None, headers: Any, partition: int,
+                offset: int) -> RecordResult:
+        """Decode, normalise and price one ``otlp_spans`` record; never raises."""
+        result = RecordResult()
+        try:
+            spans = otlp.decode_record(value, _headers(headers))
+        except otlp.DecodeError as exc:
+            result.dead_letter = f"decode: {exc}"
+            result.stats["records_dead_lettered"] += 1
+            self.totals.update(result.stats)
+            return result
+        try:
+            out = core.normalise(spans, self.settings, self.catalog, self.hash_key)
+            result.stats.update(out.stats)
+            by_partition = self._route(out.calls)
+        except Exception as exc:
+            log.exception("normalise failed on %s[%d]@%d", OTLP_SPANS, partition, offset)
+            result.dead_letter = f"normalise: {type(exc).__name__}: {exc}"
+            result.stats["records_dead_lettered"] += 1
+            self.totals.update(result.stats)
+            return result
+        result.outputs = by_partition
+        result.calls = out.calls.num_rows
+        result.stats["records_in"] += 1
+        self.totals.update(result.stats)
+        return result
+
+    def _route(self, calls) -> list[tuple[int, bytes]]:
+        if calls.num_rows == 0:
+            return []
+        lines = core.calls_to_ndjson(calls)
+        tenants = calls.column("tenant").to_pylist()
+        sessions = calls.column("session_id").to_pylist()
+        groups: dict[int, list[bytes]] = {}
+        for line, tenant, session in zip(lines, tenants, sessions, strict=True):
+            p = core.murmur2_partition(core.partition_key(tenant, session), self.partitions)
+            groups.setdefault(p, []).append(line)
+        return [(p, b"\n".join(g) + b"\n") for p, g in sorted(groups.items())]
+
+
+def _headers(headers: Any) -> list[tuple[str, bytes]]:
+    if not headers:
+        return []
+    items = headers.items() if isinstance(headers, dict) else headers
+    return [(k.decode() if isinstance(k, bytes) else k, v or b"") for k, v in items]
+
+
+def calls_partitions(settings: Settings) -> int:
+    return next(s.partitions for s in load_topics(settings.topics_file) if s.name == LLM_CALLS)
+
+
+def register(app, settings: Settings) -> NormaliseStage:
+    """Add the normalise agent to a Faust app."""
+    stage = NormaliseStage(settings, calls_partitions(settings))
+    source = app.topic(OTLP_SPANS, value_type=bytes, value_serializer="raw")
+    calls_topic = app.topic(LLM_CALLS, value_type=bytes, value_serializer="raw")
+    dlq_topic = app.topic(OTLP_SPANS_DLQ, value_type=bytes, value_serializer="raw")
+    last_log = [time.monotonic()]
+
+    @app.agent(source, name="normalise")
+    async def normalise_agent(stream):
+        async for event in stream.events():
+            m = event.message
+            res = stage.process(event.value, m.headers, m.partition, m.offset)
+            futures = []
+            if res.dead_letter is not None:
+                futures.append(await dlq_topic.send(
+                    value=event.value or b"",
+                    headers=dlq_headers(res.dead_letter, m.partition, m.offset,
+                                        _headers(m.headers))))
+            origin = f"{OTLP_SPANS}[{m.partition}]@{m.offset}".encode()
+            for partition, body in res.outputs:
+                futures.append(await calls_topic.send(
+                    value=body, partition=partition,
+                    headers=[("content-type", NDJSON), (SOURCE_HEADER, origin)]))
+            for f in futures:  # acknowledged before this offset can be committed
+                await f
+            if time.monotonic() - last_log[0] > 10:
+                last_log[0] = time.monotonic()
+                log.info("normalise totals: %s", dict(stage.totals))
+
+    return stage
