@@ -105,3 +105,38 @@ def consumer(settings: Settings, *topics: str, **overrides: Any):
         "client_id": "llmspend",
     }
     return KafkaConsumer(*topics, **{**kafka_python_config(settings), **cfg, **overrides})
+
+
+def end_offsets(settings: Settings, topic: str) -> dict[Any, int]:
+    """TopicPartition -> end offset of every partition of ``topic``."""
+    from kafka import TopicPartition
+
+    c = consumer(settings)
+    try:
+        parts = c.partitions_for_topic(topic) or set()
+        return c.end_offsets([TopicPartition(topic, p) for p in parts])
+    finally:
+        c.close()
+
+
+def read_from(settings: Settings, start: dict[Any, int], done, timeout_s: float = 30.0,
+              ) -> list[Any]:
+    """Records from ``start`` offsets on, until ``done(records)`` is true or time is up.
+
+    For tools and tests that follow what a stage wrote (no consumer group, no commits).
+    """
+    import time
+
+    c = consumer(settings, enable_auto_commit=False)
+    records: list[Any] = []
+    try:
+        c.assign(list(start))
+        for tp, off in start.items():
+            c.seek(tp, off)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and not done(records):
+            for batch in c.poll(timeout_ms=300).values():
+                records.extend(batch)
+    finally:
+        c.close()
+    return records

@@ -168,6 +168,8 @@ def _scrub_attributes(attrs: Any, key: bytes) -> int:
     if not idx:
         return 0
     content = {attrs[i].key: any_value(attrs[i].value) for i in idx}
+    content.update({kv.key: kv.value.string_value for kv in attrs
+                    if kv.key in privacy.KIND_KEYS})
     present = {kv.key for kv in attrs}
     hashes = {k: v for k, v in privacy.content_hashes(key, _stringify(content)).items()
               if k not in present}

@@ -156,8 +156,28 @@ def input_messages(attrs: Mapping[str, Any]) -> list[tuple[str, Any]]:
     return []
 
 
+#: Span-kind attributes that tell a tool span's content apart from messages; callers
+#: pass them to :func:`content_hashes` beside the content attributes.
+KIND_KEYS = ("openinference.span.kind", "traceloop.span.kind", "gen_ai.operation.name")
+
+
+def _is_tool_span(attrs: Mapping[str, Any]) -> bool:
+    return (attrs.get("openinference.span.kind") == "TOOL"
+            or attrs.get("traceloop.span.kind") == "tool"
+            or attrs.get("gen_ai.operation.name") == "execute_tool")
+
+
 def tool_arguments(attrs: Mapping[str, Any]) -> str | None:
     """The tool call arguments of a span as canonical text, if any."""
+    if _is_tool_span(attrs) and "traceloop.entity.input" in attrs:
+        raw = attrs["traceloop.entity.input"]
+        try:  # Traceloop wraps them: {"args": [...], "kwargs": {...}}
+            value = json.loads(raw)
+            if isinstance(value, Mapping) and "kwargs" in value:
+                raw = json.dumps(value["kwargs"])
+        except (TypeError, ValueError):
+            pass
+        return tool_arguments({"gen_ai.tool.call.arguments": raw})
     for k in ("gen_ai.tool.call.arguments", "tool.parameters"):
         if k in attrs:
             raw = attrs[k]
@@ -166,14 +186,20 @@ def tool_arguments(attrs: Mapping[str, Any]) -> str | None:
                                   ensure_ascii=False)
             except (TypeError, ValueError):
                 return str(raw)
-    if attrs.get("openinference.span.kind") == "TOOL" and "input.value" in attrs:
+    if _is_tool_span(attrs) and "input.value" in attrs:
         return tool_arguments({"gen_ai.tool.call.arguments": attrs["input.value"]})
     return None
 
 
 def content_hashes(key: bytes, attrs: Mapping[str, Any]) -> dict[str, str]:
-    """The ``llmspend.*_hash`` attributes for one span's content attributes."""
+    """The ``llmspend.*_hash`` attributes for one span's content attributes (plus its
+    :data:`KIND_KEYS`, so a tool span's input counts as arguments, not messages)."""
     out: dict[str, str] = {}
+    if _is_tool_span(attrs):
+        args = tool_arguments(attrs)
+        if args is not None:
+            out[TOOL_ARGS_HASH] = keyed_hash(key, args)
+            return out
     msgs = input_messages(attrs)
     if msgs:
         canon = [canonical_message(r, c) for r, c in msgs]

@@ -15,7 +15,7 @@ from typing import Any
 
 from kafka import TopicPartition
 
-from pipeline.clients import consumer
+from pipeline import clients
 from pipeline.config import Settings
 
 
@@ -26,30 +26,13 @@ def free_port() -> int:
 
 
 def end_offsets(settings: Settings, topic: str) -> dict[TopicPartition, int]:
-    c = consumer(settings)
-    try:
-        parts = c.partitions_for_topic(topic) or set()
-        return c.end_offsets([TopicPartition(topic, p) for p in parts])
-    finally:
-        c.close()
+    return clients.end_offsets(settings, topic)
 
 
 def read_records(settings: Settings, start: dict[TopicPartition, int],
                  done: Callable[[list[Any]], bool], timeout_s: float = 30.0) -> list[Any]:
     """Consume from ``start`` offsets until ``done(records)`` or the timeout."""
-    c = consumer(settings, enable_auto_commit=False)
-    records: list[Any] = []
-    try:
-        c.assign(list(start))
-        for tp, off in start.items():
-            c.seek(tp, off)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and not done(records):
-            for batch in c.poll(timeout_ms=500).values():
-                records.extend(batch)
-    finally:
-        c.close()
-    return records
+    return clients.read_from(settings, start, done, timeout_s)
 
 
 @contextmanager

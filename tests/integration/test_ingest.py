@@ -288,3 +288,37 @@ def test_large_request_is_split_not_dropped(kafka_settings):
                                                for s in sent}, len(sent))
         assert len(found) == 400
         assert len({h[otlp.TENANT_HEADER] for _, _, h in found.values()}) == 1
+
+
+APP = """
+import sys
+from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+provider = TracerProvider()
+provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))  # endpoint from env
+trace.set_tracer_provider(provider)
+with trace.get_tracer("app").start_as_current_span(sys.argv[1]) as span:
+    span.set_attribute("gen_ai.operation.name", "chat")
+    print(format(span.get_span_context().trace_id, "032x"))
+provider.shutdown()
+"""
+
+
+def test_an_unchanged_app_only_needs_the_endpoint_variable(kafka_settings, endpoints):
+    """A stock app configured by OTEL_EXPORTER_OTLP_ENDPOINT alone reaches Kafka."""
+    import os
+    import subprocess
+    import sys
+
+    name = f"unchanged-app-{uuid.uuid4().hex}"
+    start = end_offsets(kafka_settings, OTLP_SPANS)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env["OTEL_EXPORTER_OTLP_ENDPOINT"] = endpoints["http"]
+    out = subprocess.run([sys.executable, "-c", APP, name], env=env, capture_output=True,
+                         text=True, timeout=60, check=True)
+    trace_id = bytes.fromhex(out.stdout.strip())
+    found = landed(kafka_settings, start, {trace_id}, 1)
+    assert [s.name for s, _, _ in found.values()] == [name]

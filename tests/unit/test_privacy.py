@@ -55,3 +55,14 @@ def test_content_keys_cover_every_convention():
     for key in ("gen_ai.usage.input_tokens", "gen_ai.request.model", "llm.model_name",
                 "gen_ai.prompt_hash", "llmspend.prompt_hash"):
         assert not privacy.is_content_key(key), key
+
+
+def test_tool_arguments_hash_alike_in_every_convention():
+    semconv = {"gen_ai.operation.name": "execute_tool",
+               "gen_ai.tool.call.arguments": '{"q": "refund policy"}'}
+    openinference = {"openinference.span.kind": "TOOL", "input.value": '{"q":"refund policy"}'}
+    traceloop = {"traceloop.span.kind": "tool",
+                 "traceloop.entity.input": '{"args": [], "kwargs": {"q": "refund policy"}}'}
+    hashes = [privacy.content_hashes(KEY, a) for a in (semconv, openinference, traceloop)]
+    assert hashes[0] == hashes[1] == hashes[2]
+    assert set(hashes[0]) == {privacy.TOOL_ARGS_HASH}
