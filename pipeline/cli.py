@@ -306,14 +306,30 @@ def demo(ctx: click.Context, keep: bool) -> None:
     from pipeline import demo as demo_mod
 
     settings = _settings(ctx)
-    started = bring_up(settings)
+    was_running = {name: services.running_pid(settings, name) for name in SERVICES}
+    started = bring_up(settings, with_services=True)
     try:
         demo_mod.run(settings, click.echo)
+    except demo_mod.DemoError as exc:
+        click.echo(f"llmspend: error: {exc}", err=True)
+        sys.exit(2)
     finally:
-        if started and not keep:
-            broker.stop(settings)
-            click.echo("kafka     stopped (use --keep to leave it running)")
+        if not keep:
+            for name in reversed(SERVICES):
+                if was_running[name] is None and services.stop(settings, name):
+                    click.echo(f"{name:<9} stopped")
+            if started:
+                broker.stop(settings)
+                click.echo("kafka     stopped (use --keep to leave everything running)")
 
+
+def _register_generate() -> None:
+    from pipeline.traffic.cli import generate_command
+
+    main.add_command(generate_command, "generate")
+
+
+_register_generate()
 
 if __name__ == "__main__":  # pragma: no cover
     main()

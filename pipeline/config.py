@@ -147,6 +147,16 @@ class PricingSettings:
     overrides: dict = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class StreamSettings:
+    """The Faust worker running the stream stages."""
+
+    #: Faust app id, also the Kafka consumer group of every stage.
+    app_id: str = "llmspend"
+    #: Where a new consumer group starts: ``earliest`` (nothing missed) or ``latest``.
+    auto_offset_reset: str = "earliest"
+
+
 _SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 _SASL_MECHANISMS = ("", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
@@ -173,6 +183,7 @@ class Settings:
     ingest: IngestSettings = field(default_factory=IngestSettings)
     attribution: AttributionSettings = field(default_factory=AttributionSettings)
     pricing: PricingSettings = field(default_factory=PricingSettings)
+    stream: StreamSettings = field(default_factory=StreamSettings)
 
     @property
     def broker_dir(self) -> Path:
@@ -307,6 +318,9 @@ def _validate(s: Settings) -> None:
     if k.security_protocol.startswith("SASL") and not (k.sasl_mechanism and k.sasl_username):
         raise ConfigError("kafka.security_protocol SASL_* needs kafka.sasl_mechanism and "
                           "kafka.sasl_username")
+    if s.stream.auto_offset_reset not in ("earliest", "latest"):
+        raise ConfigError("stream.auto_offset_reset: expected earliest or latest, got "
+                          f"{s.stream.auto_offset_reset!r}")
     if s.ingest.http_port == s.ingest.grpc_port:
         raise ConfigError("ingest.http_port and ingest.grpc_port must differ")
     if k.max_message_bytes < 1024:

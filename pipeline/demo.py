@@ -1,94 +1,137 @@
 """The end-to-end demo (`llmspend demo`, the README's first command).
 
-Today it proves the foundation: real GenAI spans made by the OpenTelemetry SDK are
-encoded as an OTLP ``ExportTraceServiceRequest``, produced to ``otlp_spans`` on the real
-broker with ``acks=all``, consumed back and decoded. Later stages extend it with the
-generator, pricing, aggregates, alerts, the lake and the dashboard.
+An app instrumented with the real OpenTelemetry SDK and the stock OTLP/HTTP exporter
+sends GenAI spans (several teams, models and conventions, with prompt text) to the
+llmspend receiver; the receiver strips the text and produces to ``otlp_spans``; the
+stream worker normalises and prices every call into ``llm_calls``; the demo reads the
+priced calls back and prints what each team spent. Later stages (generator, aggregates,
+alerts, lake, dashboard) extend it.
 """
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
+from collections import defaultdict
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
 from pipeline.config import Settings
-from schemas.topics import OTLP_SPANS
+from schemas.topics import LLM_CALLS
 
-OTLP_TOPIC = OTLP_SPANS
+#: (team, service, model, provider, input tokens, cached, output tokens) per demo call.
+DEMO_CALLS = [
+    ("support", "support-bot", "gpt-4o-mini", "openai", 2_400, 1_024, 180),
+    ("support", "support-bot", "gpt-4o-mini", "openai", 3_100, 2_048, 220),
+    ("support", "support-bot", "gpt-4o", "openai", 5_200, 0, 640),
+    ("legal", "contract-review", "claude-sonnet-4-5", "anthropic", 18_000, 12_000, 1_500),
+    ("legal", "contract-review", "claude-sonnet-4-5", "anthropic", 21_000, 18_000, 900),
+    ("search", "doc-search", "text-embedding-3-small", "openai", 8_000, 0, 0),
+    ("search", "doc-search", "gemini-2.5-flash", "gcp.gemini", 4_000, 0, 350),
+    ("labs", "prototype", "my-finetune-v0", "openai", 1_000, 0, 100),
+]
+
+
+class DemoError(RuntimeError):
+    """The demo could not show the whole path (one line for the CLI)."""
 
 
 def sample_request(n_calls: int = 3) -> bytes:
     """An ExportTraceServiceRequest of GenAI chat spans made by the real OTel SDK."""
     from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
-    from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
     exporter = InMemorySpanExporter()
-    provider = TracerProvider(resource=Resource.create({"service.name": "demo-support-bot"}))
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    tracer = provider.get_tracer("llmspend.demo")
-    for i in range(n_calls):
-        with tracer.start_as_current_span("chat gpt-4o-mini") as span:
-            span.set_attribute("gen_ai.operation.name", "chat")
-            span.set_attribute("gen_ai.provider.name", "openai")
-            span.set_attribute("gen_ai.request.model", "gpt-4o-mini")
-            span.set_attribute("gen_ai.usage.input_tokens", 1200 + 100 * i)
-            span.set_attribute("gen_ai.usage.output_tokens", 150 + 10 * i)
-    provider.shutdown()
+    _emit(exporter, DEMO_CALLS[:1] * n_calls, session="sample")
     return encode_spans(exporter.get_finished_spans()).SerializeToString()
 
 
+def _emit(exporter, calls, session: str) -> None:
+    """Emit one chat span per call through the SDK to ``exporter``."""
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    by_service: dict[str, list] = defaultdict(list)
+    for call in calls:
+        by_service[call[1]].append(call)
+    for service, group in by_service.items():
+        provider = TracerProvider(resource=Resource.create(
+            {"service.name": service, "deployment.environment.name": "demo"}),
+            shutdown_on_exit=False)
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        tracer = provider.get_tracer("llmspend.demo")
+        for i, (team, _svc, model, prov, inp, cached, out) in enumerate(group):
+            op = "embeddings" if "embedding" in model else "chat"
+            with tracer.start_as_current_span(f"{op} {model}") as span:
+                span.set_attribute("gen_ai.operation.name", op)
+                span.set_attribute("gen_ai.provider.name", prov)
+                span.set_attribute("gen_ai.request.model", model)
+                span.set_attribute("gen_ai.conversation.id", f"{session}-{service}")
+                span.set_attribute("gen_ai.usage.input_tokens", inp)
+                span.set_attribute("gen_ai.usage.cache_read.input_tokens", cached)
+                span.set_attribute("gen_ai.usage.output_tokens", out)
+                span.set_attribute("llmspend.team", team)
+                span.set_attribute("user.id", f"user-{i}")
+                span.set_attribute("gen_ai.input.messages", json.dumps(
+                    [{"role": "user", "parts": [{"type": "text",
+                                                 "content": f"demo question {i}"}]}]))
+        # Flush, not shutdown: shutting a provider down also shuts the shared exporter.
+        provider.force_flush()
+
+
 def run(settings: Settings, echo: Callable[[str], Any]) -> None:
-    """Produce one real OTLP batch through the broker and print what comes back."""
-    from kafka import TopicPartition
-    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-        ExportTraceServiceRequest,
-    )
+    """Send the demo calls through the receiver and print the priced calls."""
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-    from pipeline.clients import consumer, producer
+    from pipeline.clients import end_offsets, read_from
 
-    payload = sample_request()
-    marker = uuid.uuid4().hex.encode()
-    p = producer(settings)
-    try:
-        md = p.send(OTLP_TOPIC, payload, headers=[("llmspend-demo", marker)]).get(timeout=30)
-    finally:
-        p.close()
-    echo(f"produced  {len(payload)} bytes of OTLP to {OTLP_TOPIC}[{md.partition}] "
-         f"@ offset {md.offset} (acks=all)")
+    session = f"demo-{uuid.uuid4().hex[:8]}"
+    endpoint = f"http://{settings.ingest.host}:{settings.ingest.http_port}/v1/traces"
+    start = end_offsets(settings, LLM_CALLS)
+    t0 = time.perf_counter()
+    _emit(OTLPSpanExporter(endpoint=endpoint), DEMO_CALLS, session)
+    echo(f"sent      {len(DEMO_CALLS)} GenAI spans (with prompt text) to {endpoint} with the "
+         f"stock OTLP/HTTP exporter")
+    calls: dict[str, dict] = {}
 
-    tp = TopicPartition(OTLP_TOPIC, md.partition)
-    c = consumer(settings, enable_auto_commit=False)
-    try:
-        c.assign([tp])
-        c.seek(tp, md.offset)
-        deadline = time.monotonic() + 30
-        record = None
-        while record is None and time.monotonic() < deadline:
-            for batch in c.poll(timeout_ms=1000).values():
-                for r in batch:
-                    if dict(r.headers or []).get("llmspend-demo") == marker:
-                        record = r
-    finally:
-        c.close()
-    if record is None:
-        raise RuntimeError("the produced record did not come back within 30 s")
-    req = ExportTraceServiceRequest()
-    req.ParseFromString(record.value)
-    echo(f"consumed  offset {record.offset}: {len(req.resource_spans)} resource span group(s)")
-    for rs in req.resource_spans:
-        service = next((a.value.string_value for a in rs.resource.attributes
-                        if a.key == "service.name"), "?")
-        for ss in rs.scope_spans:
-            for span in ss.spans:
-                attrs = {a.key: a.value for a in span.attributes}
-                echo(f"  span {span.span_id.hex()} {service} '{span.name}' "
-                     f"model={attrs['gen_ai.request.model'].string_value} "
-                     f"in={attrs['gen_ai.usage.input_tokens'].int_value} "
-                     f"out={attrs['gen_ai.usage.output_tokens'].int_value} "
-                     f"{(span.end_time_unix_nano - span.start_time_unix_nano) / 1e6:.2f} ms")
-    echo("demo      ok: spans went through the real broker and came back intact")
+    def done(records) -> bool:
+        for r in records:
+            for line in r.value.splitlines():
+                c = json.loads(line)
+                if c["session_id"].startswith(session):
+                    calls[c["call_id"]] = c
+        return len(calls) >= len(DEMO_CALLS)
+
+    read_from(settings, start, done, timeout_s=20)
+    if len(calls) < len(DEMO_CALLS):
+        echo(f"waiting   {len(calls)} of {len(DEMO_CALLS)} calls priced so far: the worker "
+             f"is still working through older records in otlp_spans")
+        read_from(settings, start, done, timeout_s=300)
+    if len(calls) < len(DEMO_CALLS):
+        raise DemoError(f"only {len(calls)} of {len(DEMO_CALLS)} calls reached "
+                        f"{LLM_CALLS} within 5 minutes; see {settings.state_dir}/logs/")
+    echo(f"priced    {len(calls)} calls in {LLM_CALLS} after "
+         f"{time.perf_counter() - t0:.1f} s (receiver -> otlp_spans -> worker -> llm_calls)")
+    echo("")
+    echo(f"  {'team':<8} {'model':<24} {'in':>7} {'cached':>7} {'out':>6} {'cost USD':>16}")
+    teams: dict[str, Decimal] = defaultdict(Decimal)
+    for c in sorted(calls.values(), key=lambda c: (c["team"] or "", c["start_time"])):
+        cost = c["cost_usd"]
+        echo(f"  {c['team'] or '-':<8} {c['request_model']:<24} {c['input_tokens'] or 0:>7} "
+             f"{c['cached_input_tokens'] or 0:>7} {c['output_tokens'] or 0:>6} "
+             f"{cost if cost is not None else 'unpriced':>16}")
+        if cost is not None:
+            teams[c["team"] or "-"] += Decimal(cost)
+    echo("")
+    for team, total in sorted(teams.items(), key=lambda kv: -kv[1]):
+        echo(f"  team {team:<10} {total:>16} USD")
+    unpriced = sum(1 for c in calls.values() if not c["priced"])
+    echo(f"  {unpriced} call(s) with a model missing from the pricing catalog: kept, "
+         f"cost_usd null, never priced as zero")
+    leaked = [c for c in calls.values() if "demo question" in json.dumps(c)]
+    echo("  prompt text in llm_calls: " + ("FOUND (bug!)" if leaked else
+                                           "none (keyed hashes only)"))
+    echo("demo      ok")

@@ -5,8 +5,14 @@ from __future__ import annotations
 import os
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from pipeline.config import Settings, load_settings
+
+# Shared, noisy machines: never fail a property test on wall-clock time (numba compiles
+# on first call, too).
+hypothesis_settings.register_profile("llmspend", deadline=None)
+hypothesis_settings.load_profile("llmspend")
 
 
 @pytest.fixture(scope="session")

@@ -9,8 +9,6 @@ import faust
 from pipeline.clients import faust_broker_config
 from pipeline.config import Settings
 
-APP_ID = "llmspend"
-
 
 def create_app(settings: Settings, **overrides: Any) -> faust.App:
     """A Faust app with our broker settings and at-least-once processing.
@@ -27,7 +25,7 @@ def create_app(settings: Settings, **overrides: Any) -> faust.App:
         "topic_allow_declare": False,
         "topic_disable_leader": True,
         "web_enabled": False,
-        "consumer_auto_offset_reset": "earliest",
+        "consumer_auto_offset_reset": settings.stream.auto_offset_reset,
         "broker_commit_every": 1000,
         "broker_commit_interval": 1.0,
         "stream_wait_empty": False,
@@ -36,4 +34,4 @@ def create_app(settings: Settings, **overrides: Any) -> faust.App:
         "store": "memory://",
     }
     cfg.update(overrides)
-    return faust.App(APP_ID, **cfg)
+    return faust.App(settings.stream.app_id, **cfg)

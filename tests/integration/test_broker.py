@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from kafka import TopicPartition
 
-from pipeline import broker
+from pipeline import broker, services
 from pipeline.clients import admin_client, aiokafka_config, consumer, producer
 from pipeline.config import load_settings
 from pipeline.topics import existing_partitions, load_topics
@@ -105,7 +105,7 @@ def test_up_is_idempotent_and_status_reports_the_broker(kafka_settings):
     if not kafka_settings.kafka.managed:
         pytest.skip("external broker: llmspend does not manage it")
     before = broker.running_pid(kafka_settings)
-    first = _cli("up")
+    first = _cli("up", "--kafka-only")
     assert first.returncode == 0, first.stderr
     assert "already running" in first.stdout
     assert broker.running_pid(kafka_settings) == before
@@ -118,11 +118,16 @@ def test_up_is_idempotent_and_status_reports_the_broker(kafka_settings):
         assert line.split()[1] == str(spec.partitions)
 
 
-def test_demo_sends_a_real_otlp_batch_through_the_broker(kafka_settings):
-    out = _cli("demo", "--keep")
-    assert out.returncode == 0, out.stderr
-    assert "came back intact" in out.stdout
-    assert "gpt-4o-mini" in out.stdout
+def test_demo_prices_calls_end_to_end_and_stops_what_it_started(kafka_settings):
+    before = {n: services.running_pid(kafka_settings, n) for n in ("ingest", "worker")}
+    out = _cli("demo")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "demo      ok" in out.stdout
+    assert "prompt text in llm_calls: none" in out.stdout
+    assert "claude-sonnet-4-5" in out.stdout and "team support" in out.stdout
+    for name, pid in before.items():  # what the demo started, it stopped
+        assert services.running_pid(kafka_settings, name) == pid
+    assert broker.status(kafka_settings).reachable  # the broker was not the demo's
 
 
 def _free_port() -> int:
@@ -144,24 +149,50 @@ def _our_java_processes(props: Path) -> list[int]:
     return pids
 
 
+def _processes(needle: bytes, state_dir: Path) -> list[int]:
+    """Pids whose command line holds ``needle`` and whose env/cwd/args point at state_dir."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes()
+            env = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if needle in cmd and str(state_dir).encode() in cmd + env:
+            pids.append(int(entry.name))
+    return pids
+
+
 def test_full_lifecycle_on_other_ports_leaves_no_process(tmp_path):
-    """up twice -> one broker; status; down; down again is fine; nothing left behind."""
-    env = {"LLMSPEND_STATE_DIR": str(tmp_path / "state"),
+    """up twice -> one broker, one receiver, one worker; status; down; nothing left."""
+    state = tmp_path / "state"
+    env = {"LLMSPEND_STATE_DIR": str(state),
            "LLMSPEND_KAFKA_PORT": str(_free_port()),
            "LLMSPEND_KAFKA_CONTROLLER_PORT": str(_free_port()),
+           "LLMSPEND_INGEST_HTTP_PORT": str(_free_port()),
+           "LLMSPEND_INGEST_GRPC_PORT": str(_free_port()),
            "LLMSPEND_KAFKA_BOOTSTRAP": ""}
-    props = (tmp_path / "state" / "kafka" / "server.properties").resolve()
+    props = (state / "kafka" / "server.properties").resolve()
     try:
-        assert _cli("up", env=env).returncode == 0
+        first = _cli("up", env=env)
+        assert first.returncode == 0, first.stderr
         again = _cli("up", env=env)
-        assert again.returncode == 0 and "already running" in again.stdout
+        assert again.returncode == 0, again.stderr
+        assert again.stdout.count("already running") == 3  # broker, receiver, worker
         assert len(_our_java_processes(props)) == 1
+        assert len(_processes(b"ingest", state)) == 1
+        assert len(_processes(b"worker", state)) == 1
         st = _cli("status", env=env)
-        assert st.returncode == 0 and "running (pid" in st.stdout
+        assert st.returncode == 0
+        assert st.stdout.count("running (pid") == 3
     finally:
         down = _cli("down", env=env)
-    assert down.returncode == 0 and "stopped" in down.stdout
+    assert down.returncode == 0 and "kafka     stopped" in down.stdout
+    assert "ingest    stopped" in down.stdout and "worker    stopped" in down.stdout
     assert _our_java_processes(props) == []
+    assert _processes(b"ingest", state) == [] and _processes(b"worker", state) == []
     second = _cli("down", env=env)
     assert second.returncode == 0 and "not running" in second.stdout
     st = _cli("status", env=env)

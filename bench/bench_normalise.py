@@ -1,0 +1,149 @@
+"""Normalise + price throughput against protobuf parsing of the same bytes, on one core.
+
+Builds N realistic OTLP export requests (default 200 x 512 spans) mixing the four
+conventions (semconv, OpenLLMetry, OpenInference, OpenLIT), with agent, tool and
+non-GenAI spans among the calls, then measures:
+
+  (a) baseline: ``ExportTraceServiceRequest.ParseFromString`` of every request;
+  (b) ``pipeline.otlp.decode_record`` + ``pipeline.normalise.normalise`` of the same bytes.
+
+and prints both rates in spans/s and their ratio. Usage:
+``.venv/bin/python bench/bench_normalise.py [requests] [spans_per_request]``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+)
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+
+from pipeline import otlp, pricing
+from pipeline.config import Settings
+from pipeline.normalise import normalise
+
+T0 = 1_760_000_000 * 10**9
+MODELS = ["gpt-4o-mini", "gpt-4o-2024-08-06", "claude-sonnet-4-5-20250929", "gpt-5",
+          "gemini-2.5-flash", "claude-haiku-4-5", "o4-mini", "unknown-model-x"]
+
+
+def _kv(k: str, v) -> KeyValue:
+    if isinstance(v, bool):
+        return KeyValue(key=k, value=AnyValue(bool_value=v))
+    if isinstance(v, int):
+        return KeyValue(key=k, value=AnyValue(int_value=v))
+    if isinstance(v, float):
+        return KeyValue(key=k, value=AnyValue(double_value=v))
+    return KeyValue(key=k, value=AnyValue(string_value=v))
+
+
+def _llm_attrs(rng: random.Random, conv: str) -> dict:
+    model = rng.choice(MODELS)
+    inp, out = rng.randrange(200, 20_000), rng.randrange(10, 2_000)
+    cached = rng.randrange(0, inp // 2)
+    if conv == "semconv":
+        return {"gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai",
+                "gen_ai.request.model": model, "gen_ai.response.model": model,
+                "gen_ai.usage.input_tokens": inp, "gen_ai.usage.output_tokens": out,
+                "gen_ai.usage.cache_read.input_tokens": cached,
+                "gen_ai.conversation.id": f"conv-{rng.randrange(1000)}",
+                "server.address": "api.openai.com", "llmspend.prompt_hash": "ab" * 16,
+                "llmspend.last_message_hash": "cd" * 16, "user.id": "u-1"}
+    if conv == "openllmetry":
+        return {"llm.request.type": "chat", "gen_ai.system": "openai",
+                "gen_ai.request.model": model, "gen_ai.usage.prompt_tokens": inp,
+                "gen_ai.usage.completion_tokens": out, "llm.usage.total_tokens": inp + out,
+                "gen_ai.usage.cache_read_input_tokens": cached, "llm.is_streaming": False}
+    if conv == "openinference":
+        return {"openinference.span.kind": "LLM", "llm.model_name": model,
+                "llm.provider": "openai", "llm.token_count.prompt": inp,
+                "llm.token_count.completion": out, "llm.token_count.total": inp + out,
+                "session.id": f"s-{rng.randrange(1000)}"}
+    return {"gen_ai.operation.name": "chat", "gen_ai.system": "anthropic",
+            "gen_ai.request.model": model, "gen_ai.usage.input_tokens": inp,
+            "gen_ai.usage.output_tokens": out, "gen_ai.usage.cache_read.input_tokens": cached,
+            "gen_ai.usage.cost": 0.0123, "gen_ai.server.time_to_first_token": 0.4}
+
+
+def build_request(rng: random.Random, n_spans: int) -> bytes:
+    """One export request: traces of an agent span, tool spans, LLM calls, HTTP spans."""
+    req = ExportTraceServiceRequest()
+    rs = req.resource_spans.add()
+    for k, v in {"service.name": "bench-svc", "deployment.environment.name": "prod",
+                 "team": "search"}.items():
+        rs.resource.attributes.append(_kv(k, v))
+    ss = rs.scope_spans.add()
+    ss.scope.name = "bench"
+    agent_id, trace_id = b"", b""
+    for i in range(n_spans):
+        s = ss.spans.add()
+        if i % 16 == 0:                      # one trace per agent run of 16 spans
+            trace_id = rng.randbytes(15) + b"\x01"
+        s.trace_id = trace_id
+        s.span_id = rng.randbytes(7) + b"\x01"
+        s.start_time_unix_nano = T0 + i * 1_000_000
+        s.end_time_unix_nano = s.start_time_unix_nano + rng.randrange(10**8, 5 * 10**9)
+        r = i % 16
+        if r == 0:
+            attrs = {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "planner"}
+            agent_id = s.span_id
+        elif r in (1, 2):
+            attrs = {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": "search",
+                     "llmspend.tool_args_hash": "ef" * 16}
+        elif r == 3:
+            attrs = {"http.request.method": "GET", "url.full": "https://example.com/x"}
+        else:
+            attrs = _llm_attrs(rng, ("semconv", "openllmetry", "openinference",
+                                     "openlit")[r % 4])
+        s.parent_span_id = agent_id if r else b""
+        s.name = "span"
+        s.attributes.extend(_kv(k, v) for k, v in attrs.items())
+    return req.SerializeToString()
+
+
+def main() -> None:
+    n_req = int(sys.argv[1]) if len(sys.argv) > 1 else 200
+    n_spans = int(sys.argv[2]) if len(sys.argv) > 2 else 512
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+    rng = random.Random(42)
+    bodies = [build_request(rng, n_spans) for _ in range(n_req)]
+    total = n_req * n_spans
+    mb = sum(map(len, bodies)) / 1e6
+    settings, catalog, key = Settings(), pricing.load_catalog(), b"k" * 32
+
+    t = time.perf_counter()
+    for b in bodies:
+        ExportTraceServiceRequest().ParseFromString(b)
+    parse_s = time.perf_counter() - t
+
+    t = time.perf_counter()
+    batches = [otlp.decode_record(b) for b in bodies]
+    decode_s = time.perf_counter() - t
+    calls = 0
+    t = time.perf_counter()
+    for spans in batches:
+        calls += normalise(spans, settings, catalog, key).calls.num_rows
+    norm_s = decode_s + time.perf_counter() - t
+
+    print(f"input: {n_req} requests x {n_spans} spans = {total} spans, {mb:.1f} MB, "
+          f"{calls} calls, one core")
+    print(f"(a) protobuf ParseFromString     : {total / parse_s:12,.0f} spans/s "
+          f"({parse_s:.2f} s)")
+    print(f"(b) decode_record + normalise    : {total / norm_s:12,.0f} spans/s "
+          f"({norm_s:.2f} s)")
+    print(f"    of which decode_record       : {total / decode_s:12,.0f} spans/s "
+          f"({decode_s:.2f} s)")
+    print(f"ratio (b)/(a): {parse_s / norm_s:.4f}  ((a) is {norm_s / parse_s:.0f}x faster)")
+
+
+if __name__ == "__main__":
+    main()
