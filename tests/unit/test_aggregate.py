@@ -1,0 +1,225 @@
+"""1-minute aggregate partials: sums, duplicates, lateness, heartbeats, session rules, and
+the property that matters most: a restart from the committed offset changes nothing."""
+
+from __future__ import annotations
+
+import random
+from decimal import Decimal
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline import sketch
+from pipeline.aggregate import (
+    AggregateConfig,
+    PartitionAggregator,
+    is_heartbeat,
+    merge_partials,
+)
+from schemas import calls as C
+
+T0 = 1_764_000_000_000 - 1_764_000_000_000 % 60_000  # a minute boundary, ms
+MIN = 60_000
+
+
+def call(i: int, start_ms: int, *, model: str = "gpt-4o", team: str = "a",
+         cost: str = "0.001", status: str = "ok", latency: float = 500.0,
+         cached: int = 0, session: str | None = None, error_type: str | None = None,
+         priced: bool = True, call_id: str | None = None, user: str = "u1") -> dict:
+    row = {name: None for name in C.NAMES}
+    row.update({
+        C.CALL_ID: call_id or f"c{i:08d}", C.KIND: C.KIND_LLM, C.TENANT: "t",
+        C.SERVICE: "svc", C.PROVIDER: "openai", C.MODEL: model if priced else None,
+        C.REQUEST_MODEL: model, C.TEAM: team, C.USE_CASE: "uc", C.USER_ID: user,
+        C.SESSION_ID: session or f"s{i}", C.TRACE_ID: "0" * 32, C.SPAN_ID: "0" * 16,
+        C.START_TIME: start_ms * 1000, C.LATENCY_MS: latency, C.STATUS: status,
+        C.ERROR_TYPE: error_type, C.INPUT_TOKENS: 100, C.OUTPUT_TOKENS: 10,
+        C.CACHED_INPUT_TOKENS: cached, C.COST_USD: Decimal(cost) if priced else None,
+        C.LIST_COST_USD: Decimal(cost) if priced else None, C.PRICED: priced,
+        C.BATCH: False, C.CONVENTION: "semconv",
+    })
+    return row
+
+
+def table(rows: list[dict]) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=C.CALLS) if rows else C.CALLS.empty_table()
+
+
+def totals(partials, view="group"):
+    return {k: v for k, v in merge_partials(partials).items() if k[0] == view}
+
+
+def test_sums_are_exact_and_windows_close_when_time_passes():
+    agg = PartitionAggregator(3)
+    rows = [call(i, T0 + i * 1000, cost="0.000000018750") for i in range(10)]
+    out = agg.add(table(rows), offset=0, timestamp_ms=T0 + 11_000)
+    assert out.partials == []  # the window is still open
+    out = agg.add(table([]), offset=1, timestamp_ms=T0 + MIN + 30_000)  # heartbeat
+    group = [p for p in out.partials if p["view"] == "group"]
+    assert len(group) == 1
+    p = group[0]
+    assert (p["calls"], p["source_partition"], p["late"]) == (10, 3, False)
+    assert Decimal(p["cost_usd"]) == Decimal("0.000000187500")
+    assert p["window_start"].endswith(":00.000Z")
+    assert sum(b["count"] for b in p["latency_buckets"]) == 10
+
+
+def test_duplicates_count_once_within_and_across_records():
+    agg = PartitionAggregator(0)
+    a = call(1, T0)
+    out1 = agg.add(table([a, a]), 0, T0 + 1000)
+    out2 = agg.add(table([a, call(2, T0 + 5)]), 1, T0 + 2000)
+    out3 = agg.add(table([]), 2, T0 + 2 * MIN)
+    assert out1.stats["duplicates_dropped"] == 1 and out2.stats["duplicates_dropped"] == 1
+    (t,) = totals(out1.partials + out2.partials + out3.partials).values()
+    assert t["calls"] == 2
+
+
+def test_late_calls_become_flagged_partials_and_merge_into_the_window():
+    agg = PartitionAggregator(1)
+    parts = agg.add(table([call(1, T0)]), 0, T0 + 1000).partials
+    parts += agg.add(table([]), 1, T0 + MIN + 30_000).partials  # closes the window
+    late = agg.add(table([call(2, T0 + 10)]), 2, T0 + MIN + 40_000)
+    assert late.stats["late_calls"] == 1
+    (lp,) = [p for p in late.partials if p["view"] == "group"]
+    assert lp["late"] is True and lp["late_offset"] == 2
+    (t,) = totals(parts + late.partials).values()
+    assert t["calls"] == 2
+
+
+def test_straggler_within_grace_reemits_the_main_partial_with_the_same_id():
+    agg = PartitionAggregator(0, AggregateConfig(allowed_lateness_ms=0, close_grace_ms=30_000))
+    first = agg.add(table([call(1, T0)]), 0, T0 + 1000).partials
+    first += agg.add(table([]), 1, T0 + MIN).partials  # closes and emits the window
+    assert [p["calls"] for p in first if p["view"] == "group"] == [1]
+    # Record timestamp jitter: the next record is stamped earlier, so this call is on time.
+    again = agg.add(table([call(2, T0 + 1)]), 2, T0 + MIN - 1).partials
+    again += agg.add(table([]), 3, T0 + MIN + 1).partials
+    ids = {p["agg_id"] for p in first if p["view"] == "group"}
+    re = [p for p in again if p["view"] == "group"]
+    assert {p["agg_id"] for p in re} == ids and re[-1]["calls"] == 2
+    (t,) = totals(first + again).values()  # latest per id, not summed twice
+    assert t["calls"] == 2
+
+
+def test_timeouts_errors_unpriced_cache_hits_and_user_view():
+    agg = PartitionAggregator(0, AggregateConfig(timeout_ms=10_000))
+    rows = [call(1, T0, status="error", error_type="timeout"),
+            call(2, T0, latency=12_000.0),
+            call(3, T0, status="error", error_type="rate_limited"),
+            call(4, T0, priced=False, model="mystery"),
+            call(5, T0, cached=50, user="u2")]
+    parts = agg.add(table(rows), 0, T0).partials + agg.add(table([]), 1, T0 + 3 * MIN).partials
+    by_model = {k[2][3]: v for k, v in totals(parts).items()}
+    assert by_model["gpt-4o"]["errors"] == 2 and by_model["gpt-4o"]["timeouts"] == 2
+    assert by_model["mystery"]["unpriced_calls"] == 1  # unpriced stays visible by name
+    assert sum(v["cache_hits"] for v in by_model.values()) == 1
+    users = {k[2][2]: v["calls"] for k, v in totals(parts, "user").items()}
+    assert users == {"u1": 4, "u2": 1}
+
+
+def test_fallback_and_escalation_rules():
+    cfg = AggregateConfig(ladders=(("gpt-4o-mini", "gpt-4o"),))
+    agg = PartitionAggregator(0, cfg)
+    rows = [call(1, T0, model="gpt-4o-mini", session="s", status="error", latency=100),
+            call(2, T0 + 1000, model="claude-haiku-4-5", session="s"),  # fallback
+            call(3, T0 + 2000, model="gpt-4o-mini", session="x"),
+            call(4, T0 + 3000, model="gpt-4o", session="x"),  # escalation
+            call(5, T0 + 4000, model="gpt-4o", session="x")]  # same model: neither
+    parts = agg.add(table(rows), 0, T0 + 5000).partials
+    parts += agg.add(table([]), 1, T0 + 3 * MIN).partials
+    t = totals(parts)
+    assert sum(v["fallbacks"] for v in t.values()) == 1
+    assert sum(v["escalations"] for v in t.values()) == 1
+
+
+def test_heartbeat_records_are_recognised():
+    assert is_heartbeat([("llmspend-heartbeat", b"1")], b"")
+    assert not is_heartbeat([("llmspend-heartbeat", b"1")], b"{}")
+    assert not is_heartbeat(None, b"")
+
+
+def _stream(seed: int, n_records: int = 60):
+    """Records of one partition: jittered timestamps, late calls, duplicates, retries."""
+    rng = random.Random(seed)
+    records, ts, i = [], T0, 0
+    for _ in range(n_records):
+        ts += rng.randrange(0, 20_000)
+        rows = []
+        for _ in range(rng.randrange(0, 6)):
+            i += 1
+            lag = rng.choice([0, 0, 0, 5_000, 40_000, 200_000])  # some late
+            rows.append(call(i, ts - lag - rng.randrange(1000), team=rng.choice("ab"),
+                             model=rng.choice(["gpt-4o", "gpt-4o-mini"]),
+                             cost=f"0.{rng.randrange(10**12):012d}",
+                             latency=rng.lognormvariate(6, 1), session=f"s{i % 7}"))
+        if rows and rng.random() < 0.3:
+            rows.append(dict(rng.choice(rows)))  # a retried twin
+        if records and rng.random() < 0.2:
+            prev = records[rng.randrange(max(0, len(records) - 5), len(records))][1]
+            if prev:
+                rows.append(dict(rng.choice(prev)))  # replayed from an earlier record
+        stamp = ts - rng.randrange(0, 10_000)  # producer clock jitter < close_grace
+        records.append((stamp, rows))
+    return records
+
+
+def _run(agg: PartitionAggregator, records, start: int = 0, stop: int | None = None):
+    out = []
+    for off, (stamp, rows) in enumerate(records[:stop]):
+        if off >= start:
+            out += agg.add(table(rows), off, stamp).partials
+    return out
+
+
+@settings(max_examples=40)
+@given(st.integers(0, 10_000), st.integers(1, 59))
+def test_restart_from_the_committed_offset_gives_the_same_totals(seed, crash_at):
+    # Session rules are exact for calls at most dedup_horizon - session_rule_window late
+    # (the stream's calls are at most ~200 s late).
+    cfg = AggregateConfig(allowed_lateness_ms=20_000, close_grace_ms=30_000,
+                          dedup_horizon_ms=400_000, session_rule_window_ms=60_000)
+    records = _stream(seed)
+    records.append((records[-1][0] + 10 * MIN, []))  # a final heartbeat closes everything
+    whole = _run(PartitionAggregator(0, cfg), records)
+
+    before = PartitionAggregator(0, cfg)
+    emitted = _run(before, records, stop=crash_at)
+    committed = before.commit_offset()
+    assert committed <= crash_at
+    after = _run(PartitionAggregator(0, cfg), records, start=committed)
+    got, want = merge_partials(emitted + after), merge_partials(whole)
+    assert got.keys() == want.keys()
+    for k in want:
+        for f in ("calls", "errors", "fallbacks", "input_tokens", "cost_usd"):
+            assert got[k][f] == want[k][f], (k, f)
+        assert (got[k]["latency"] == want[k]["latency"]).all()
+    n_unique = len({r[C.CALL_ID] for _, rows in records for r in rows})
+    assert sum(v["calls"] for k, v in want.items() if k[0] == "group") == n_unique
+
+
+def test_merged_quantiles_equal_the_sketch_of_all_calls():
+    rng = np.random.default_rng(5)
+    lat = rng.lognormal(6.5, 0.7, 600)
+    aggs = [PartitionAggregator(p) for p in range(3)]
+    parts = []
+    for i, x in enumerate(lat):
+        p = i % 3
+        parts += aggs[p].add(table([call(i, T0 + i, latency=float(x))]), i, T0 + i).partials
+    for a in aggs:
+        parts += a.add(table([]), 10_000, T0 + 5 * MIN).partials
+    (t,) = totals(parts).values()
+    whole = np.zeros((1, len(t["latency"])), np.int64)
+    sketch.accumulate(whole, np.zeros(len(lat), np.int64), lat, np.ones(len(lat), np.bool_))
+    assert (t["latency"] == whole[0]).all()
+    for q in (0.5, 0.95, 0.99):
+        exact = sketch.exact_lower_nearest_rank(lat, q)
+        assert abs(sketch.quantile(t["latency"], q) - exact) / exact <= 0.01 + 1e-9
+
+
+def test_config_rejects_a_horizon_shorter_than_a_window():
+    with pytest.raises(ValueError, match="dedup_horizon"):
+        AggregateConfig(dedup_horizon_ms=10_000)
