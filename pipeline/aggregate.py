@@ -17,7 +17,8 @@ aggregates exact after a crash:
   id'd by the record's offset. Re-emitting a partial replaces the earlier record of the
   same id (the topic is compacted, the lake keeps the latest per id).
 * **Duplicates** (same ``call_id``) count once. The dedup memory is bounded: a call id is
-  forgotten ``dedup_horizon`` after its start time, measured in record timestamps.
+  forgotten ``dedup_horizon`` after the record that first carried it (record
+  timestamps); a twin arriving later than that counts again, as a late partial.
 * **Commits that allow an exact replay.** :meth:`PartitionAggregator.commit_offset` is
   the first offset whose record still matters (its calls are still remembered for dedup,
   session rules or open windows). Committing no further than that, a restarted worker
@@ -82,6 +83,19 @@ class AggregateConfig:
             raise ValueError("dedup_horizon must cover window + lateness + grace and the "
                              "session rule window")
 
+    @classmethod
+    def from_settings(cls, a: Any) -> AggregateConfig:
+        """From ``Settings.aggregate`` (seconds and comma lists in, ms and sets here)."""
+        return cls(
+            window_ms=int(a.window_s * 1000), allowed_lateness_ms=int(a.allowed_lateness_s * 1000),
+            close_grace_ms=int(a.close_grace_s * 1000),
+            dedup_horizon_ms=int(a.dedup_horizon_s * 1000), timeout_ms=a.timeout_ms,
+            timeout_error_types=frozenset(t.strip() for t in a.timeout_error_types.split(",")
+                                          if t.strip()),
+            session_rule_window_ms=int(a.session_rule_window_s * 1000),
+            ladders=tuple(tuple(m.strip() for m in ladder.split("<") if m.strip())
+                          for ladder in a.escalation_ladders.split(";") if ladder.strip()))
+
     def rank(self) -> dict[str, tuple[int, int]]:
         """model -> (ladder, position) for escalation checks."""
         return {m: (i, j) for i, ladder in enumerate(self.ladders) for j, m in enumerate(ladder)}
@@ -122,6 +136,7 @@ class Acc:
 @dataclass
 class _Window:
     acc: Acc
+    first_offset: int
     emitted: bool = False
     dirty: bool = True
 
@@ -132,6 +147,8 @@ class _Session:
     provider: str | None
     ok: bool
     end_ms: int
+    record_ts: int
+    offset: int
 
 
 def _key_values(view: str, row: dict[str, Any]) -> tuple:
@@ -191,8 +208,11 @@ class PartitionAggregator:
         self.seen: dict[str, int] = {}  # call_id -> start ms
         self._seen_order: deque[tuple[int, str]] = deque()  # (start ms, call_id), in order
         self.sessions: dict[tuple, _Session] = {}
-        self._records: deque[tuple[int, int]] = deque()  # (offset, latest start ms)
-        self._ts_min: deque[tuple[int, int]] = deque()  # (offset, ts): increasing ts
+        self._records: deque[tuple[int, int]] = deque()  # (offset, record ts), remembered
+        self._deps: deque[tuple[int, int]] = deque()  # (offset, earliest record it used)
+        self._commit = 0
+        self._offset = 0
+        self._dep = 0
         self.clock_ms = 0  # highest record timestamp seen
         self.next_offset = 0
 
@@ -204,24 +224,26 @@ class PartitionAggregator:
         cfg = self.config
         self.clock_ms = max(self.clock_ms, timestamp_ms)
         self.next_offset = offset + 1
-        latest = -1
         late_accs: dict[tuple, Acc] = {}
+        self._offset = offset
+        self._dep = offset  # earliest record whose memory this record's decisions used
         if calls.num_rows:
             rows, starts, lat_b, ttft_b = self._columns(calls)
             for i, row in enumerate(rows):
                 start = starts[i]
-                latest = max(latest, start)
                 cid = row[C.CALL_ID]
                 first = self.seen.get(cid)
-                # Record-local horizon: a replay from the committed offset decides alike.
-                if first is not None and first >= timestamp_ms - cfg.dedup_horizon_ms:
+                # Horizon measured in record timestamps (when each copy arrived), so a
+                # replay from the committed offset decides alike.
+                if first is not None and first[0] >= timestamp_ms - cfg.dedup_horizon_ms:
                     out.stats["duplicates_dropped"] += 1
+                    self._dep = min(self._dep, first[1])
                     continue
-                self.seen[cid] = start
-                self._seen_order.append((start, cid))
+                self.seen[cid] = (timestamp_ms, offset)
+                self._seen_order.append((timestamp_ms, cid))
                 window = start - start % cfg.window_ms
                 late = window + cfg.window_ms + cfg.allowed_lateness_ms <= timestamp_ms
-                fallback, escalation = self._session_rules(row, start)
+                fallback, escalation = self._session_rules(row, start, timestamp_ms)
                 for view in A.VIEWS:
                     key = _key_values(view, row)
                     if late or (view, window, key) in self.closed:
@@ -229,7 +251,9 @@ class PartitionAggregator:
                     else:
                         state = self.windows.get((view, window, key))
                         if state is None:
-                            state = self.windows[(view, window, key)] = _Window(Acc())
+                            state = self.windows[(view, window, key)] = _Window(Acc(), offset)
+                        # A replay must re-read the window's earlier records too.
+                        self._dep = min(self._dep, state.first_offset)
                         state.dirty = True
                         acc = state.acc
                     _fold(acc, row, lat_b[i], ttft_b[i], fallback, escalation, cfg)
@@ -237,10 +261,9 @@ class PartitionAggregator:
         for (view, window, key), acc in sorted(late_accs.items(), key=_sort_key):
             out.partials.append(partial_record(view, window, cfg.window_ms, key,
                                                self.partition, offset, acc))
-        self._records.append((offset, latest))
-        while self._ts_min and self._ts_min[-1][1] >= timestamp_ms:
-            self._ts_min.pop()
-        self._ts_min.append((offset, timestamp_ms))
+        self._records.append((offset, timestamp_ms))
+        if self._dep < offset:
+            self._deps.append((offset, self._dep))
         out.partials.extend(self._close(timestamp_ms, out.stats))
         self._evict()
         return out
@@ -257,23 +280,27 @@ class PartitionAggregator:
             row[C.MODEL] = row[C.MODEL] or row[C.RESPONSE_MODEL] or row[C.REQUEST_MODEL]
         return rows, starts.tolist(), lat_b, ttft_b
 
-    def _session_rules(self, row: dict[str, Any], start: int) -> tuple[bool, bool]:
-        """(fallback, escalation) of an LLM call, from its session's previous call."""
+    def _session_rules(self, row: dict[str, Any], start: int, ts: int) -> tuple[bool, bool]:
+        """(fallback, escalation) of an LLM call, from its session's previous call (if
+        that arrived within the dedup horizon: a replay then sees the same one)."""
         if row[C.KIND] != C.KIND_LLM:
             return False, False
         skey = (row[C.TENANT], row[C.SESSION_ID])
         prev = self.sessions.get(skey)
         model = row[C.MODEL]
         fallback = escalation = False
-        if prev is not None and start - prev.end_ms <= self.config.session_rule_window_ms:
+        if (prev is not None and prev.record_ts >= ts - self.config.dedup_horizon_ms
+                and start - prev.end_ms <= self.config.session_rule_window_ms):
             if not prev.ok:
                 fallback = (model, row[C.PROVIDER]) != (prev.model, prev.provider)
             elif prev.model in self._rank and model in self._rank:
                 (fa, ia), (fb, ib) = self._rank[prev.model], self._rank[model]
                 escalation = fa == fb and ib > ia
+            if fallback or escalation:
+                self._dep = min(self._dep, prev.offset)
         end = start + int(row[C.LATENCY_MS] or 0)
         self.sessions[skey] = _Session(model, row[C.PROVIDER], row[C.STATUS] == C.STATUS_OK,
-                                       end)
+                                       end, ts, self._offset)
         return fallback, escalation
 
     # ------------------------------------------------------------ closing and eviction
@@ -305,29 +332,40 @@ class PartitionAggregator:
         cfg = self.config
         horizon = self.clock_ms - cfg.close_grace_ms - cfg.dedup_horizon_ms
         while self._seen_order and self._seen_order[0][0] < horizon:
-            start, cid = self._seen_order.popleft()
-            if self.seen.get(cid) == start:
+            ts, cid = self._seen_order.popleft()
+            first = self.seen.get(cid)
+            if first is not None and first[0] == ts:
                 del self.seen[cid]
         if len(self.sessions) > 4096:
-            cutoff = self.clock_ms - cfg.close_grace_ms - cfg.session_rule_window_ms
-            self.sessions = {k: s for k, s in self.sessions.items() if s.end_ms >= cutoff}
+            self.sessions = {k: s for k, s in self.sessions.items() if s.record_ts >= horizon}
         if len(self.closed) > 4096:
             self.closed = {k: end for k, end in self.closed.items() if end >= horizon}
-        # A record is no longer needed once every call in it is older than the horizon
-        # of every record after it (its calls can no longer be someone's twin, nor share
-        # a window with an on-time call): replaying from the first needed record then
-        # decides everything exactly as the uninterrupted run did.
-        while self._records:
-            floor = min(self._ts_min[0][1], self.clock_ms - cfg.close_grace_ms)
-            if self._records[0][1] >= floor - cfg.dedup_horizon_ms:
-                break
-            off, _ = self._records.popleft()
-            while self._ts_min and self._ts_min[0][0] <= off:
-                self._ts_min.popleft()
+        # Records no later record can depend on: older than any future record's horizon.
+        while self._records and self._records[0][1] < horizon:
+            self._records.popleft()
 
     def commit_offset(self) -> int:
-        """The offset a consumer may commit: a restart from it rebuilds identical state."""
-        return self._records[0][0] if self._records else self.next_offset
+        """The offset a consumer may commit: replaying from it rebuilds the same state
+        and the same decisions. It is the earliest of: the first record still remembered
+        (a future twin or session may need it), the first record of every window still
+        in memory, and (transitively) every record that an already processed record
+        after that point depended on (the first copy of a twin it dropped, the session
+        call that made it a fallback or escalation, the first record of a window it
+        added to)."""
+        c = self._records[0][0] if self._records else self.next_offset
+        for w in self.windows.values():
+            c = min(c, w.first_offset)
+        c = max(c, self._commit)  # never behind what was already allowed
+        changed = True
+        while changed:
+            changed = False
+            for off, dep in self._deps:
+                if off >= c and dep < c:
+                    c, changed = dep, True
+        while self._deps and self._deps[0][0] < c:
+            self._deps.popleft()
+        self._commit = c
+        return c
 
     def open_windows(self) -> int:
         return len(self.windows)

@@ -155,6 +155,44 @@ class StreamSettings:
     app_id: str = "llmspend"
     #: Where a new consumer group starts: ``earliest`` (nothing missed) or ``latest``.
     auto_offset_reset: str = "earliest"
+    #: Kafka group session timeout: how soon a dead worker's partitions move on.
+    session_timeout_s: float = 30.0
+    #: Seconds without output after which the normalise stage writes an empty heartbeat
+    #: record to an ``llm_calls`` partition, so its windows close without traffic.
+    heartbeat_s: float = 2.0
+    #: Port of the worker's Prometheus ``/metrics`` (0: off).
+    metrics_port: int = 9465
+    #: Stages the worker runs, comma-separated: ``normalise`` and (preview) ``aggregate``.
+    stages: str = "normalise"
+
+    @property
+    def stage_set(self) -> frozenset[str]:
+        return frozenset(x.strip() for x in self.stages.split(",") if x.strip())
+
+
+@dataclass(frozen=True)
+class AggregateSettings:
+    """Rolling windows of the aggregate stage (see pipeline/aggregate.py)."""
+
+    window_s: float = 60.0
+    #: Calls whose window ended this long before their record's time are late partials.
+    allowed_lateness_s: float = 30.0
+    #: A closed window stays in memory this long for stragglers (producer clock jitter).
+    close_grace_s: float = 30.0
+    #: Duplicates (same call_id) within this time count once; also the replay depth.
+    dedup_horizon_s: float = 600.0
+    #: Latency at or above which a call counts as a timeout.
+    timeout_ms: float = 60_000.0
+    #: Error types that count as timeouts (comma-separated).
+    timeout_error_types: str = ("timeout,TimeoutError,APITimeoutError,ReadTimeout,"
+                                "ReadTimeoutError,deadline_exceeded,DEADLINE_EXCEEDED,504")
+    #: Fallback/escalation look-back within a session.
+    session_rule_window_s: float = 300.0
+    #: Model ladders, cheap to large: models separated by ``<``, ladders by ``;``.
+    escalation_ladders: str = (
+        "gpt-4.1-nano<gpt-4.1-mini<gpt-4.1;gpt-4o-mini<gpt-4o;gpt-5-mini<gpt-5;o4-mini<o3;"
+        "claude-3-5-haiku<claude-haiku-4-5<claude-sonnet-4-5<claude-opus-4-1;"
+        "gemini-2.0-flash<gemini-2.5-flash<gemini-2.5-pro;mistral-small<mistral-large")
 
 
 _SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -184,6 +222,7 @@ class Settings:
     attribution: AttributionSettings = field(default_factory=AttributionSettings)
     pricing: PricingSettings = field(default_factory=PricingSettings)
     stream: StreamSettings = field(default_factory=StreamSettings)
+    aggregate: AggregateSettings = field(default_factory=AggregateSettings)
 
     @property
     def broker_dir(self) -> Path:
@@ -321,6 +360,16 @@ def _validate(s: Settings) -> None:
     if s.stream.auto_offset_reset not in ("earliest", "latest"):
         raise ConfigError("stream.auto_offset_reset: expected earliest or latest, got "
                           f"{s.stream.auto_offset_reset!r}")
+    unknown = s.stream.stage_set - {"normalise", "aggregate"}
+    if unknown:
+        raise ConfigError(f"stream.stages: unknown stage(s) {', '.join(sorted(unknown))}")
+    a = s.aggregate
+    if a.window_s <= 0 or a.allowed_lateness_s < 0 or a.close_grace_s < 0:
+        raise ConfigError("aggregate: window_s must be > 0, lateness and grace >= 0")
+    if a.dedup_horizon_s < max(a.window_s + a.allowed_lateness_s + a.close_grace_s,
+                               a.session_rule_window_s):
+        raise ConfigError("aggregate.dedup_horizon_s must cover window_s + "
+                          "allowed_lateness_s + close_grace_s and session_rule_window_s")
     if s.ingest.http_port == s.ingest.grpc_port:
         raise ConfigError("ingest.http_port and ingest.grpc_port must differ")
     if k.max_message_bytes < 1024:

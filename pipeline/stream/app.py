@@ -30,6 +30,8 @@ def create_app(settings: Settings, **overrides: Any) -> faust.App:
         "broker_commit_interval": 1.0,
         "stream_wait_empty": False,
         "producer_acks": -1,
+        "broker_session_timeout": settings.stream.session_timeout_s,
+        "broker_heartbeat_interval": min(3.0, settings.stream.session_timeout_s / 3),
         "datadir": str(settings.state_dir / "faust"),
         "store": "memory://",
     }

@@ -23,6 +23,7 @@ from typing import Any
 
 from pipeline import normalise as core
 from pipeline import otlp, pricing
+from pipeline.aggregate import HEARTBEAT_HEADER
 from pipeline.config import Settings
 from pipeline.dlq import dlq_headers
 from pipeline.topics import load_topics
@@ -105,13 +106,27 @@ def calls_partitions(settings: Settings) -> int:
     return next(s.partitions for s in load_topics(settings.topics_file) if s.name == LLM_CALLS)
 
 
-def register(app, settings: Settings) -> NormaliseStage:
-    """Add the normalise agent to a Faust app."""
+def register(app, settings: Settings, heartbeats: bool = False) -> NormaliseStage:
+    """Add the normalise agent to a Faust app (and, for the aggregate stage, heartbeats
+    to quiet ``llm_calls`` partitions)."""
     stage = NormaliseStage(settings, calls_partitions(settings))
     source = app.topic(OTLP_SPANS, value_type=bytes, value_serializer="raw")
     calls_topic = app.topic(LLM_CALLS, value_type=bytes, value_serializer="raw")
     dlq_topic = app.topic(OTLP_SPANS_DLQ, value_type=bytes, value_serializer="raw")
     last_log = [time.monotonic()]
+    last_write: dict[int, float] = {}
+
+    async def heartbeat() -> None:
+        """Empty records to quiet partitions, so their windows close (pipeline/aggregate)."""
+        now = time.monotonic()
+        for p in range(stage.partitions):
+            if now - last_write.get(p, 0.0) >= settings.stream.heartbeat_s:
+                await calls_topic.send(value=b"", partition=p,
+                                       headers=[(HEARTBEAT_HEADER, b"1")])
+                last_write[p] = now
+
+    if heartbeats:
+        app.timer(interval=settings.stream.heartbeat_s)(heartbeat)
 
     @app.agent(source, name="normalise")
     async def normalise_agent(stream):
@@ -129,6 +144,7 @@ def register(app, settings: Settings) -> NormaliseStage:
                 futures.append(await calls_topic.send(
                     value=body, partition=partition,
                     headers=[("content-type", NDJSON), (SOURCE_HEADER, origin)]))
+                last_write[partition] = time.monotonic()
             for f in futures:  # acknowledged before this offset can be committed
                 await f
             if time.monotonic() - last_log[0] > 10:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from pipeline.config import Settings
-from pipeline.stream import normalise_stage
+from pipeline.stream import aggregate_stage, normalise_stage
 from pipeline.stream.app import create_app
 
 
@@ -17,15 +18,59 @@ def ready_file(settings: Settings) -> Path:
 def build(settings: Settings):
     """The Faust app with every stage registered (stages are added here as they land)."""
     app = create_app(settings)
-    normalise_stage.register(app, settings)
+    stages = settings.stream.stage_set
+    if "normalise" in stages:
+        normalise_stage.register(app, settings, heartbeats="aggregate" in stages)
+    if "aggregate" in stages:
+        agg = aggregate_stage.register(app, settings)
+        if settings.stream.metrics_port:
+            _serve_metrics(app, settings, agg)
     marker = ready_file(settings)
 
     @app.on_rebalance_complete.connect
     async def _ready(sender, **_kwargs) -> None:
+        # Resolve every position first (offset reset included): once the marker exists,
+        # nothing produced afterwards can be skipped by a "latest" reset.
+        for tp in app.consumer.assignment():
+            try:
+                await app.consumer.position(tp)
+            except Exception:  # readiness is best effort
+                logging.getLogger(__name__).debug("position of %s", tp, exc_info=True)
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text("ready\n")
 
     return app
+
+
+def _serve_metrics(app, settings: Settings, agg) -> None:
+    """Prometheus /metrics of the worker (consumer lag, calls, dedup drops, late calls,
+    window emissions), on its own small aiohttp server."""
+    from aiohttp import web
+
+    from schemas.topics import LLM_CALLS
+
+    async def metrics(_request):
+        highwater = {}
+        for tp in app.consumer.assignment():
+            if tp.topic == LLM_CALLS:
+                hw = app.consumer.highwater(tp)
+                if hw is not None:
+                    highwater[tp.partition] = hw
+        return web.Response(text=agg.metrics(highwater), content_type="text/plain")
+
+    @app.task
+    async def _metrics_server() -> None:
+        web_app = web.Application()
+        web_app.router.add_get("/metrics", metrics)
+        runner = web.AppRunner(web_app, access_log=None)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, settings.ingest.host,
+                              settings.stream.metrics_port).start()
+        except OSError as exc:  # metrics are not worth stopping the pipeline for
+            logging.getLogger(__name__).warning(
+                "worker /metrics not served on port %d: %s (set LLMSPEND_STREAM_METRICS_PORT)",
+                settings.stream.metrics_port, exc)
 
 
 def run(settings: Settings, loglevel: str = "info") -> None:

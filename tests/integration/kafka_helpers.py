@@ -9,8 +9,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from kafka import TopicPartition
@@ -63,3 +65,34 @@ def receiver(env: dict[str, str]) -> Iterator[dict[str, str]]:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@contextmanager
+def worker_process(state: Path, env: dict[str, str] | None = None,
+                   ) -> Iterator[subprocess.Popen]:
+    """A real `llmspend worker` in its own consumer group, starting at the topics' end,
+    so it sees only what the test produces after it is ready."""
+    full = {**os.environ, "LLMSPEND_STATE_DIR": str(state),
+            "LLMSPEND_STREAM_APP_ID": f"llmspend-test-{uuid.uuid4().hex[:8]}",
+            "LLMSPEND_STREAM_AUTO_OFFSET_RESET": "latest",
+            "LLMSPEND_STREAM_METRICS_PORT": "0", **(env or {})}
+    log = open(state / "worker.log", "ab")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "worker"], env=full,
+                            stdout=log, stderr=subprocess.STDOUT)
+    ready = state / "run" / "worker.ready"
+    deadline = time.monotonic() + 120
+    try:
+        while not ready.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError((state / "worker.log").read_text()[-3000:])
+            time.sleep(0.3)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        log.close()

@@ -4,10 +4,6 @@ tenant) -> Kafka -> a real `llmspend worker` -> `llm_calls` holds exactly the tr
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import time
 import uuid
 from decimal import Decimal
 
@@ -15,7 +11,7 @@ import pytest
 
 from pipeline.traffic.generator import Options, generate
 from schemas.topics import LLM_CALLS
-from tests.integration.kafka_helpers import end_offsets, read_records, receiver
+from tests.integration.kafka_helpers import end_offsets, read_records, receiver, worker_process
 
 pytestmark = pytest.mark.integration
 HASH_KEY = "generate-e2e-hash-key-0123456789abcdef"
@@ -24,25 +20,9 @@ HASH_KEY = "generate-e2e-hash-key-0123456789abcdef"
 @pytest.fixture(scope="module")
 def worker(kafka_settings, tmp_path_factory):
     """A real `llmspend worker` process against the test broker."""
-    state = tmp_path_factory.mktemp("generate-worker-state")
-    env = {**os.environ, "LLMSPEND_STATE_DIR": str(state), "LLMSPEND_HASH_KEY": HASH_KEY}
-    log = open(state / "worker.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "worker"], env=env,
-                            stdout=log, stderr=subprocess.STDOUT)
-    ready = state / "run" / "worker.ready"
-    deadline = time.monotonic() + 120
-    while not ready.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError((state / "worker.log").read_text()[-3000:])
-        time.sleep(0.3)
-    yield proc
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    with worker_process(tmp_path_factory.mktemp("generate-worker-state"),
+                        {"LLMSPEND_HASH_KEY": HASH_KEY}) as proc:
+        yield proc
 
 
 def test_generated_traffic_lands_exactly_the_truth(kafka_settings, worker):

@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import uuid
 from decimal import Decimal
 
@@ -23,7 +22,7 @@ from pipeline import dlq, otlp
 from pipeline.clients import producer
 from pipeline.normalise import murmur2_partition, partition_key
 from schemas.topics import LLM_CALLS, OTLP_SPANS, OTLP_SPANS_DLQ
-from tests.integration.kafka_helpers import end_offsets, read_records
+from tests.integration.kafka_helpers import end_offsets, read_records, worker_process
 
 pytestmark = pytest.mark.integration
 HASH_KEY = "stage-test-hash-key-0123456789abcdef"
@@ -32,28 +31,9 @@ HASH_KEY = "stage-test-hash-key-0123456789abcdef"
 @pytest.fixture(scope="module")
 def worker(kafka_settings, tmp_path_factory):
     """A real `llmspend worker` process against the test broker."""
-    state = tmp_path_factory.mktemp("worker-state")
-    # Its own consumer group, starting at the end: it sees this module's records only.
-    env = {**os.environ, "LLMSPEND_STATE_DIR": str(state), "LLMSPEND_HASH_KEY": HASH_KEY,
-           "LLMSPEND_STREAM_APP_ID": f"llmspend-test-{uuid.uuid4().hex[:8]}",
-           "LLMSPEND_STREAM_AUTO_OFFSET_RESET": "latest"}
-    log = open(state / "worker.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "worker"], env=env,
-                            stdout=log, stderr=subprocess.STDOUT)
-    ready = state / "run" / "worker.ready"
-    deadline = time.monotonic() + 120
-    while not ready.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError((state / "worker.log").read_text()[-3000:])
-        time.sleep(0.3)
-    yield proc
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    with worker_process(tmp_path_factory.mktemp("worker-state"),
+                        {"LLMSPEND_HASH_KEY": HASH_KEY}) as proc:
+        yield proc
 
 
 def _spans(marker: str):

@@ -223,3 +223,27 @@ def test_merged_quantiles_equal_the_sketch_of_all_calls():
 def test_config_rejects_a_horizon_shorter_than_a_window():
     with pytest.raises(ValueError, match="dedup_horizon"):
         AggregateConfig(dedup_horizon_ms=10_000)
+
+
+def test_commits_advance_behind_the_dedup_horizon_and_stay_monotone():
+    cfg = AggregateConfig(allowed_lateness_ms=20_000, close_grace_ms=30_000,
+                          dedup_horizon_ms=400_000, session_rule_window_ms=60_000)
+    agg = PartitionAggregator(0, cfg)
+    commits = []
+    for off, (stamp, rows) in enumerate(_stream(1, n_records=200)):
+        agg.add(table(rows), off, stamp)
+        commits.append(agg.commit_offset())
+    assert commits == sorted(commits)
+    assert commits[-1] > 100  # not held at 0: a dense stream still commits
+
+
+def test_a_burst_of_records_with_one_timestamp_still_commits_once_time_moves_on():
+    cfg = AggregateConfig(window_ms=5_000, allowed_lateness_ms=2_000, close_grace_ms=2_000,
+                          dedup_horizon_ms=12_000, session_rule_window_ms=10_000)
+    agg = PartitionAggregator(0, cfg)
+    for off in range(50):
+        agg.add(table([call(off, T0 + off)]), off, T0 + 100)
+    assert agg.commit_offset() == 0
+    for off in range(50, 80):  # heartbeats, 1 s apart
+        agg.add(table([]), off, T0 + 100 + (off - 49) * 1000)
+    assert agg.commit_offset() >= 50
