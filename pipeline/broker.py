@@ -10,10 +10,8 @@ an existing cluster.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -22,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.config import PROJECT_ROOT, Settings
+from pipeline.processes import alive, terminate
 
 POM = PROJECT_ROOT / "infra" / "kafka" / "pom.xml"
 LOG4J_CONFIG = PROJECT_ROOT / "infra" / "kafka" / "log4j2.properties"
@@ -204,7 +203,7 @@ def wait_reachable(bootstrap: str, timeout_s: float, settings: Settings,
     deadline = time.monotonic() + timeout_s
     last: Exception | None = None
     while time.monotonic() < deadline:
-        if pid is not None and not _alive(pid):
+        if pid is not None and not alive(pid):
             raise BrokerError("the broker exited during start-up; see "
                               f"{log_dir(settings) / 'server.log'} and "
                               f"{settings.broker_dir / 'stdout.log'}")
@@ -219,21 +218,6 @@ def wait_reachable(bootstrap: str, timeout_s: float, settings: Settings,
             last = exc
             time.sleep(0.5)
     raise BrokerError(f"Kafka at {bootstrap} did not answer within {timeout_s:.0f}s ({last})")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie child (we started it in this process) is not alive.
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
-        return state != "Z"
-    except OSError:
-        return False
 
 
 def start(settings: Settings) -> tuple[int, bool]:
@@ -281,23 +265,9 @@ def stop(settings: Settings, timeout_s: float = 60.0) -> bool:
     if pid is None:
         pid_file(settings).unlink(missing_ok=True)
         return False
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.2)
-        _reap(pid)
-    if _alive(pid):
-        os.kill(pid, signal.SIGKILL)
-        while _alive(pid):
-            time.sleep(0.1)
-            _reap(pid)
+    terminate(pid, timeout_s)
     pid_file(settings).unlink(missing_ok=True)
     return True
-
-
-def _reap(pid: int) -> None:
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
 
 
 def status(settings: Settings) -> BrokerStatus:

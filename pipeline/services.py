@@ -7,9 +7,6 @@ stops them with SIGTERM (then SIGKILL after a grace period).
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -17,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pipeline.config import Settings
+from pipeline.processes import alive, terminate
 
 
 class ServiceError(RuntimeError):
@@ -31,19 +29,6 @@ def log_path(settings: Settings, name: str) -> Path:
     return settings.state_dir / "logs" / f"{name}.log"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def running_pid(settings: Settings, name: str) -> int | None:
     """The pid of a running service started by us (checked against its command line)."""
     try:
@@ -54,7 +39,7 @@ def running_pid(settings: Settings, name: str) -> int | None:
         cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return None
-    if b"pipeline" in cmd and name.split("-")[0].encode() in cmd and _alive(pid):
+    if b"pipeline" in cmd and name.split("-")[0].encode() in cmd and alive(pid):
         return pid
     return None
 
@@ -95,20 +80,6 @@ def stop(settings: Settings, name: str, grace_s: float = 20.0) -> bool:
     if pid is None:
         path.unlink(missing_ok=True)
         return False
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.1)
-        _reap(pid)
-    if _alive(pid):
-        os.kill(pid, signal.SIGKILL)
-        while _alive(pid):
-            time.sleep(0.05)
-            _reap(pid)
+    terminate(pid, grace_s)
     path.unlink(missing_ok=True)
     return True
-
-
-def _reap(pid: int) -> None:
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
