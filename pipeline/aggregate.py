@@ -6,28 +6,36 @@ emits is a deterministic function of the partition's log, which is what makes th
 aggregates exact after a crash:
 
 * **Event time, record-local lateness.** A call belongs to the 1-minute window of its
-  ``start_time``. Whether it is on time is decided by the record that carries it: late
-  when its window ended more than ``allowed_lateness`` before the record's Kafka
-  timestamp. The decision never depends on what was read before, so a replay decides
-  the same.
-* **Partials with deterministic ids.** The on-time calls of a (window, key) on one
-  partition form its *main partial*, emitted once a record's timestamp passes the window
-  end plus the lateness (and re-emitted, same id, if a straggler still joins it within
-  ``close_grace``). Late calls form a *late partial* per (window, key, source record),
-  id'd by the record's offset. Re-emitting a partial replaces the earlier record of the
-  same id (the topic is compacted, the lake keeps the latest per id).
+  ``start_time``. It is late when its window ended more than ``allowed_lateness`` before
+  its record's Kafka timestamp, or when the partition's clock (the highest record
+  timestamp) passed the window end plus lateness plus ``close_grace``.
+* **Segments.** The partition's offsets are cut into segments of ``segment_records``
+  (``offset // segment_records``). The on-time calls of a (window, key) within one
+  segment form a *main partial*, emitted once the clock passes the window end plus the
+  lateness (re-emitted, same id, if a straggler still joins within ``close_grace``) and
+  at the latest when the segment ends. Late calls form a *late partial* per (window, key,
+  record). Ids are deterministic (view, window, key, partition, segment or late record
+  offset), so a re-emission replaces the earlier record (compacted topic, latest per id
+  in the lake), and partials of different segments add up.
 * **Duplicates** (same ``call_id``) count once. The dedup memory is bounded: a call id is
   forgotten ``dedup_horizon`` after the record that first carried it (record
-  timestamps); a twin arriving later than that counts again, as a late partial.
-* **Commits that allow an exact replay.** :meth:`PartitionAggregator.commit_offset` is
-  the first offset whose record still matters (its calls are still remembered for dedup,
-  session rules or open windows). Committing no further than that, a restarted worker
-  rebuilds the same state from the log and emits the same partials.
+  timestamps); a twin arriving later than that counts again.
+* **Checkpoints.** When a segment ends, all its partials have been emitted; the
+  aggregator then offers a :class:`Checkpoint`: *emit_from*, the first offset of the new
+  segment, and *replay_from*, the first record still inside the dedup horizon. A worker
+  that stores emit_from durably and then commits replay_from can crash anywhere: its
+  successor replays from replay_from with ``emit_from`` set, rebuilding memory (twins,
+  sessions, clock) without emitting until the segment where emission stopped, and from
+  there emits exactly the partials an uninterrupted run would have.
 
 Idle partitions: windows close on record timestamps, so each partition needs records to
 advance; the normalise stage writes an empty *heartbeat* record to every partition it
 has not written to for a few seconds (:func:`is_heartbeat`), which keeps closing
 deterministic (the heartbeat is in the log).
+
+Sums live in numpy slot arrays (one row per open partial), folded by a numba kernel:
+money as int64 pico-dollars, exact up to 9.2 million USD per partial (an overflow raises
+rather than wrap).
 """
 
 from __future__ import annotations
@@ -40,17 +48,26 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+import numba
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
+from pipeline import callbatch
+from pipeline.callbatch import CallBatch
 from pipeline.sketch import bucket_indices
 from pipeline.sketch import quantile as sketch_quantile
 from schemas import aggregates as A
 from schemas import calls as C
 
 HEARTBEAT_HEADER = "llmspend-heartbeat"
-_US_PER_MS = 1000
+#: Columns of a slot's sums: the integer fields, then cost and list cost in pico-USD.
+N_SUMS = len(A.COUNT_FIELDS) + 2
+_F = {name: i for i, name in enumerate(A.COUNT_FIELDS)}
+_MONEY_LIMIT = 2**62
+# The fold loop builds view keys positionally, in this order.
+assert A.VIEW_KEYS == {A.VIEW_GROUP: (C.TENANT, C.SERVICE, C.PROVIDER, C.MODEL, C.TEAM,
+                                      C.USE_CASE),
+                       A.VIEW_USER: (C.TENANT, C.TEAM, C.USER_ID)}
 
 
 def is_heartbeat(headers: Iterable[tuple[str, bytes]] | None, value: bytes | None) -> bool:
@@ -76,12 +93,16 @@ class AggregateConfig:
     session_rule_window_ms: int = 300_000
     #: Ordered model ladders (cheap -> large), one tuple per family.
     ladders: tuple[tuple[str, ...], ...] = ()
+    #: Records per segment: how often checkpoints (and commits) advance.
+    segment_records: int = 500
 
     def __post_init__(self) -> None:
         need = self.window_ms + self.allowed_lateness_ms + self.close_grace_ms
         if self.dedup_horizon_ms < max(need, self.session_rule_window_ms):
             raise ValueError("dedup_horizon must cover window + lateness + grace and the "
                              "session rule window")
+        if self.segment_records < 1:
+            raise ValueError("segment_records must be at least 1")
 
     @classmethod
     def from_settings(cls, a: Any) -> AggregateConfig:
@@ -94,80 +115,48 @@ class AggregateConfig:
                                           if t.strip()),
             session_rule_window_ms=int(a.session_rule_window_s * 1000),
             ladders=tuple(tuple(m.strip() for m in ladder.split("<") if m.strip())
-                          for ladder in a.escalation_ladders.split(";") if ladder.strip()))
+                          for ladder in a.escalation_ladders.split(";") if ladder.strip()),
+            segment_records=a.segment_records)
 
     def rank(self) -> dict[str, tuple[int, int]]:
         """model -> (ladder, position) for escalation checks."""
         return {m: (i, j) for i, ladder in enumerate(self.ladders) for j, m in enumerate(ladder)}
 
 
-@dataclass
-class Acc:
-    """Sums of one partial (one window, one key, one view)."""
+@dataclass(frozen=True)
+class Checkpoint:
+    """Store ``emit_from`` durably, then commit ``replay_from`` (in that order)."""
 
-    calls: int = 0
-    llm_calls: int = 0
-    tool_calls: int = 0
-    errors: int = 0
-    timeouts: int = 0
-    fallbacks: int = 0
-    escalations: int = 0
-    cache_hits: int = 0
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cached_input_tokens: int = 0
-    cache_write_tokens: int = 0
-    reasoning_tokens: int = 0
-    cost_usd: Decimal = Decimal(0)
-    list_cost_usd: Decimal = Decimal(0)
-    unpriced_calls: int = 0
-    latency: Counter = field(default_factory=Counter)
-    ttft: Counter = field(default_factory=Counter)
-
-    def merge(self, other: Acc) -> None:
-        for name in A.COUNT_FIELDS:
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-        self.cost_usd += other.cost_usd
-        self.list_cost_usd += other.list_cost_usd
-        self.latency.update(other.latency)
-        self.ttft.update(other.ttft)
+    replay_from: int
+    emit_from: int
 
 
 @dataclass
 class _Window:
-    acc: Acc
-    first_offset: int
+    slot: int
     emitted: bool = False
     dirty: bool = True
 
 
-@dataclass
-class _Session:
-    model: str | None
-    provider: str | None
-    ok: bool
-    end_ms: int
-    record_ts: int
-    offset: int
-
-
-def _key_values(view: str, row: dict[str, Any]) -> tuple:
-    return tuple(row[c] for c in A.VIEW_KEYS[view])
-
-
 def agg_id(view: str, window_start_ms: int, key: tuple, partition: int,
-           late_offset: int | None) -> str:
+           late_offset: int | None, segment: int | None = None) -> str:
     """Deterministic id (the Kafka key) of one partial."""
-    raw = json.dumps([view, window_start_ms, list(key), partition, late_offset],
+    raw = json.dumps([view, window_start_ms, list(key), partition, late_offset, segment],
                      separators=(",", ":"), ensure_ascii=False)
     return hashlib.blake2b(raw.encode(), digest_size=16).hexdigest()
 
 
+def _money(p: int) -> str:
+    return format(Decimal(int(p)).scaleb(-C.MONEY_SCALE), "f")
+
+
 def partial_record(view: str, window_start_ms: int, window_ms: int, key: tuple,
-                   partition: int, late_offset: int | None, acc: Acc) -> dict[str, Any]:
+                   partition: int, late_offset: int | None, segment: int | None,
+                   sums: np.ndarray, latency: np.ndarray, ttft: np.ndarray
+                   ) -> dict[str, Any]:
     """The ``llm_agg_1m`` JSON object of one partial (schema: ``schemas.aggregates``)."""
     rec: dict[str, Any] = {"agg_id": agg_id(view, window_start_ms, key, partition,
-                                            late_offset),
+                                            late_offset, segment),
                            "view": view}
     names = A.VIEW_KEYS[view]
     for col in A.KEY_COLUMNS:
@@ -176,16 +165,71 @@ def partial_record(view: str, window_start_ms: int, window_ms: int, key: tuple,
         "window_start": A.rfc3339_ms(window_start_ms),
         "window_end": A.rfc3339_ms(window_start_ms + window_ms),
         "source_partition": partition,
+        "segment": segment,
         "late": late_offset is not None,
         "late_offset": late_offset,
     })
-    for name in A.COUNT_FIELDS:
-        rec[name] = getattr(acc, name)
-    rec["cost_usd"] = format(acc.cost_usd, "f")
-    rec["list_cost_usd"] = format(acc.list_cost_usd, "f")
-    rec["latency_buckets"] = [{"bucket": b, "count": n} for b, n in sorted(acc.latency.items())]
-    rec["ttft_buckets"] = [{"bucket": b, "count": n} for b, n in sorted(acc.ttft.items())]
+    values = sums.tolist()
+    for i, name in enumerate(A.COUNT_FIELDS):
+        rec[name] = values[i]
+    rec["cost_usd"] = _money(values[-2])
+    rec["list_cost_usd"] = _money(values[-1])
+    rec["latency_buckets"] = _sparse(latency)
+    rec["ttft_buckets"] = _sparse(ttft)
     return rec
+
+
+def _sparse(counts: np.ndarray) -> list[dict[str, int]]:
+    nz = np.flatnonzero(counts)
+    return [{"bucket": b, "count": n} for b, n in zip(nz.tolist(), counts[nz].tolist(),
+                                                     strict=True)]
+
+
+@numba.njit(cache=True, nogil=True)
+def fold(sums: np.ndarray, latency: np.ndarray, ttft: np.ndarray, slots: np.ndarray,
+         values: np.ndarray, lat_b: np.ndarray, ttft_b: np.ndarray, money_limit: int) -> bool:
+    """Add every call (row of ``values``) into its slot; False if money left int64 range."""
+    ok = True
+    nf = values.shape[1]
+    for i in range(slots.shape[0]):
+        s = slots[i]
+        if s < 0:
+            continue
+        for f in range(nf):
+            sums[s, f] += values[i, f]
+        if sums[s, nf - 2] > money_limit or sums[s, nf - 2] < -money_limit \
+                or sums[s, nf - 1] > money_limit or sums[s, nf - 1] < -money_limit:
+            ok = False
+        if lat_b[i] >= 0:
+            latency[s, lat_b[i]] += 1
+        if ttft_b[i] >= 0:
+            ttft[s, ttft_b[i]] += 1
+    return ok
+
+
+class _Slots:
+    """Rows of sums and sketches, one per open partial, reused when a partial closes."""
+
+    def __init__(self, capacity: int = 256) -> None:
+        self.sums = np.zeros((capacity, N_SUMS), np.int64)
+        self.latency = np.zeros((capacity, A.N_BUCKETS), np.int32)
+        self.ttft = np.zeros((capacity, A.N_BUCKETS), np.int32)
+        self.free = list(range(capacity - 1, -1, -1))
+
+    def take(self) -> int:
+        if not self.free:
+            n = len(self.sums)
+            self.sums = np.concatenate([self.sums, np.zeros_like(self.sums)])
+            self.latency = np.concatenate([self.latency, np.zeros_like(self.latency)])
+            self.ttft = np.concatenate([self.ttft, np.zeros_like(self.ttft)])
+            self.free = list(range(2 * n - 1, n - 1, -1))
+        return self.free.pop()
+
+    def release(self, slot: int) -> None:
+        self.sums[slot] = 0
+        self.latency[slot] = 0
+        self.ttft[slot] = 0
+        self.free.append(slot)
 
 
 @dataclass
@@ -197,134 +241,227 @@ class RecordOutput:
 
 
 class PartitionAggregator:
-    """The aggregation state of one ``llm_calls`` partition (see the module docstring)."""
+    """The aggregation state of one ``llm_calls`` partition (see the module docstring).
 
-    def __init__(self, partition: int, config: AggregateConfig | None = None) -> None:
+    ``emit_from``: the checkpoint's emit offset when resuming after a crash; records
+    before it only rebuild memory."""
+
+    def __init__(self, partition: int, config: AggregateConfig | None = None,
+                 emit_from: int = 0) -> None:
         self.partition = partition
         self.config = config or AggregateConfig()
+        self.emit_from = emit_from
         self._rank = self.config.rank()
+        self._slots = _Slots()
         self.windows: dict[tuple, _Window] = {}  # (view, window_start, key) -> state
-        self.closed: dict[tuple, int] = {}  # windows dropped from state -> window end
-        self.seen: dict[str, int] = {}  # call_id -> start ms
-        self._seen_order: deque[tuple[int, str]] = deque()  # (start ms, call_id), in order
-        self.sessions: dict[tuple, _Session] = {}
-        self._records: deque[tuple[int, int]] = deque()  # (offset, record ts), remembered
-        self._deps: deque[tuple[int, int]] = deque()  # (offset, earliest record it used)
-        self._commit = 0
-        self._offset = 0
-        self._dep = 0
+        self._by_start: dict[int, set[tuple]] = {}  # window_start -> open window keys
+        self.seen: dict[str, int] = {}  # call_id -> record ts of its counted copy
+        self._seen_order: deque[tuple[int, str]] = deque()  # (record ts, call_id)
+        # (tenant, session) -> (model, provider, ok, end ms, record ts) of its last call
+        self.sessions: dict[tuple, tuple] = {}
+        self._records: deque[tuple[int, int]] = deque()  # (offset, ts) within the horizon
+        self.segment: int | None = None
+        self.checkpoint: Checkpoint | None = None  # the newest one offered
         self.clock_ms = 0  # highest record timestamp seen
         self.next_offset = 0
+        self._emitting = True
 
     # ------------------------------------------------------------ input
 
-    def add(self, calls: pa.Table, offset: int, timestamp_ms: int) -> RecordOutput:
+    def add(self, calls: pa.Table | CallBatch, offset: int, timestamp_ms: int) -> RecordOutput:
         """Fold one ``llm_calls`` record (its calls; empty for a heartbeat) into the state."""
+        batch = calls if isinstance(calls, CallBatch) else callbatch.from_table(calls)
         out = RecordOutput()
         cfg = self.config
+        segment = offset // cfg.segment_records
+        if self.segment is None:
+            self.segment = segment
+        elif segment != self.segment:
+            self._end_segment(out, offset)
+            self.segment = segment
+        emitting = self._emitting = offset >= self.emit_from
         self.clock_ms = max(self.clock_ms, timestamp_ms)
         self.next_offset = offset + 1
-        late_accs: dict[tuple, Acc] = {}
-        self._offset = offset
-        self._dep = offset  # earliest record whose memory this record's decisions used
-        if calls.num_rows:
-            rows, starts, lat_b, ttft_b = self._columns(calls)
-            for i, row in enumerate(rows):
-                start = starts[i]
-                cid = row[C.CALL_ID]
-                first = self.seen.get(cid)
-                # Horizon measured in record timestamps (when each copy arrived), so a
-                # replay from the committed offset decides alike.
-                if first is not None and first[0] >= timestamp_ms - cfg.dedup_horizon_ms:
-                    out.stats["duplicates_dropped"] += 1
-                    self._dep = min(self._dep, first[1])
-                    continue
-                self.seen[cid] = (timestamp_ms, offset)
-                self._seen_order.append((timestamp_ms, cid))
-                window = start - start % cfg.window_ms
-                late = window + cfg.window_ms + cfg.allowed_lateness_ms <= timestamp_ms
-                fallback, escalation = self._session_rules(row, start, timestamp_ms)
-                for view in A.VIEWS:
-                    key = _key_values(view, row)
-                    if late or (view, window, key) in self.closed:
-                        acc = late_accs.setdefault((view, window, key), Acc())
-                    else:
-                        state = self.windows.get((view, window, key))
-                        if state is None:
-                            state = self.windows[(view, window, key)] = _Window(Acc(), offset)
-                        # A replay must re-read the window's earlier records too.
-                        self._dep = min(self._dep, state.first_offset)
-                        state.dirty = True
-                        acc = state.acc
-                    _fold(acc, row, lat_b[i], ttft_b[i], fallback, escalation, cfg)
-                out.stats["late_calls" if late else "calls"] += 1
-        for (view, window, key), acc in sorted(late_accs.items(), key=_sort_key):
-            out.partials.append(partial_record(view, window, cfg.window_ms, key,
-                                               self.partition, offset, acc))
+        if batch.n:
+            self._fold_calls(batch, offset, timestamp_ms, out, emitting)
         self._records.append((offset, timestamp_ms))
-        if self._dep < offset:
-            self._deps.append((offset, self._dep))
-        out.partials.extend(self._close(timestamp_ms, out.stats))
+        self._close(out, emitting)
         self._evict()
+        if not emitting:
+            out.partials.clear()
+            out.stats = Counter(replayed_records=1)
         return out
 
-    def _columns(self, calls: pa.Table):
-        starts = pc.cast(calls.column(C.START_TIME), pa.int64()).to_numpy(
-            zero_copy_only=False) // _US_PER_MS
-        lat = calls.column(C.LATENCY_MS).to_numpy(zero_copy_only=False).astype(np.float64)
-        ttft = calls.column(C.TTFT_MS).to_numpy(zero_copy_only=False).astype(np.float64)
-        lat_b = np.where(np.isnan(lat), -1, bucket_indices(lat)).tolist()
-        ttft_b = np.where(np.isnan(ttft), -1, bucket_indices(ttft)).tolist()
-        rows = calls.select(A.NEEDED_COLUMNS).to_pylist()
-        for row in rows:  # unpriced traffic stays visible under the model it named
-            row[C.MODEL] = row[C.MODEL] or row[C.RESPONSE_MODEL] or row[C.REQUEST_MODEL]
-        return rows, starts.tolist(), lat_b, ttft_b
+    def _fold_calls(self, b: CallBatch, offset: int, ts: int, out: RecordOutput,
+                    emitting: bool) -> None:
+        cfg = self.config
+        n = b.n
+        L = b.lists
+        cids, kinds, sessions = L[C.CALL_ID], L[C.KIND], L[C.SESSION_ID]
+        tenants, services, providers = L[C.TENANT], L[C.SERVICE], L[C.PROVIDER]
+        models, teams, use_cases, users = L[C.MODEL], L[C.TEAM], L[C.USE_CASE], L[C.USER_ID]
+        statuses = L[C.STATUS]
+        starts = b.start_ms.tolist()
+        ends = (b.start_ms + np.nan_to_num(b.latency_ms, nan=0.0).astype(np.int64)).tolist()
+        slot_g = np.full(n, -1, np.int64)
+        slot_u = np.full(n, -1, np.int64)
+        fallback = np.zeros(n, np.int64)
+        escalation = np.zeros(n, np.int64)
+        late_slots: dict[tuple, int] = {}
+        horizon = ts - cfg.dedup_horizon_ms
+        closed_before = self.clock_ms - cfg.allowed_lateness_ms - cfg.close_grace_ms
+        late_before = ts - cfg.allowed_lateness_ms
+        W = cfg.window_ms
+        seen, seen_get, remember = self.seen, self.seen.get, self._seen_order.append
+        slots, windows_get, session_rules = self._slots, self.windows.get, self._session_rules
+        group, user, llm = A.VIEW_GROUP, A.VIEW_USER, C.KIND_LLM
+        n_late = n_dup = 0
+        for i in range(n):
+            cid = cids[i]
+            first = seen_get(cid)
+            if first is not None and first >= horizon:
+                n_dup += 1
+                continue
+            seen[cid] = ts
+            remember((ts, cid))
+            start = starts[i]
+            window = start - start % W
+            tenant, team = tenants[i], teams[i]
+            if kinds[i] == llm:
+                fallback[i], escalation[i] = session_rules(
+                    (tenant, sessions[i]), models[i], providers[i],
+                    statuses[i] == C.STATUS_OK, start, ends[i], ts)
+            kg = (group, window, (tenant, services[i], providers[i], models[i], team,
+                                  use_cases[i]))
+            ku = (user, window, (tenant, team, users[i]))
+            if window + W <= late_before or window + W <= closed_before:
+                n_late += 1
+                sg = late_slots.get(kg)
+                if sg is None:
+                    sg = late_slots[kg] = slots.take()
+                su = late_slots.get(ku)
+                if su is None:
+                    su = late_slots[ku] = slots.take()
+            else:
+                state = windows_get(kg) or self._open(kg)
+                state.dirty = True
+                sg = state.slot
+                state = windows_get(ku) or self._open(ku)
+                state.dirty = True
+                su = state.slot
+            slot_g[i] = sg
+            slot_u[i] = su
+        values = self._values(b, fallback, escalation)
+        lat_b = np.where(np.isnan(b.latency_ms), -1, bucket_indices(b.latency_ms))
+        ttft_b = np.where(np.isnan(b.ttft_ms), -1, bucket_indices(b.ttft_ms))
+        for s in (slot_g, slot_u):
+            if not fold(slots.sums, slots.latency, slots.ttft, s, values, lat_b, ttft_b,
+                        _MONEY_LIMIT):
+                raise OverflowError(f"llm_calls[{self.partition}]@{offset}: a partial's "
+                                    "cost exceeds the int64 pico-dollar range")
+        for wkey, slot in sorted(late_slots.items(), key=_sort_key):
+            view, window, key = wkey
+            if emitting:
+                out.partials.append(self._record(view, window, key, offset, None, slot))
+        for slot in late_slots.values():
+            slots.release(slot)
+        out.stats["calls"] += n - n_dup - n_late
+        out.stats["late_calls"] += n_late
+        out.stats["duplicates_dropped"] += n_dup
 
-    def _session_rules(self, row: dict[str, Any], start: int, ts: int) -> tuple[bool, bool]:
+    def _open(self, wkey: tuple) -> _Window:
+        state = self.windows[wkey] = _Window(self._slots.take())
+        self._by_start.setdefault(wkey[1], set()).add(wkey)
+        return state
+
+    def _values(self, b: CallBatch, fallback: np.ndarray, escalation: np.ndarray
+                ) -> np.ndarray:
+        """Per call, what it adds to each sum (columns: COUNT_FIELDS, cost, list cost)."""
+        cfg = self.config
+        n = b.n
+        v = np.zeros((n, N_SUMS), np.int64)
+        llm = np.array([k == C.KIND_LLM for k in b.lists[C.KIND]], np.bool_)
+        error = np.array([s == C.STATUS_ERROR for s in b.lists[C.STATUS]], np.bool_)
+        timeout_type = np.array([t in cfg.timeout_error_types for t in b.lists[C.ERROR_TYPE]],
+                                np.bool_)
+        v[:, _F["calls"]] = 1
+        v[:, _F["llm_calls"]] = llm
+        v[:, _F["tool_calls"]] = ~llm
+        v[:, _F["errors"]] = error
+        v[:, _F["timeouts"]] = (error & timeout_type) | (b.latency_ms >= cfg.timeout_ms)
+        v[:, _F["fallbacks"]] = fallback
+        v[:, _F["escalations"]] = escalation
+        v[:, _F["cache_hits"]] = b.tokens[:, 2] > 0
+        v[:, _F["input_tokens"]:_F["reasoning_tokens"] + 1] = b.tokens
+        v[:, _F["unpriced_calls"]] = llm & ~b.priced
+        v[:, -2:] = b.cost_pico
+        return v
+
+    def _session_rules(self, skey: tuple, model: str | None, provider: str | None,
+                       ok: bool, start: int, end: int, ts: int) -> tuple[bool, bool]:
         """(fallback, escalation) of an LLM call, from its session's previous call (if
         that arrived within the dedup horizon: a replay then sees the same one)."""
-        if row[C.KIND] != C.KIND_LLM:
-            return False, False
-        skey = (row[C.TENANT], row[C.SESSION_ID])
         prev = self.sessions.get(skey)
-        model = row[C.MODEL]
-        fallback = escalation = False
-        if (prev is not None and prev.record_ts >= ts - self.config.dedup_horizon_ms
-                and start - prev.end_ms <= self.config.session_rule_window_ms):
-            if not prev.ok:
-                fallback = (model, row[C.PROVIDER]) != (prev.model, prev.provider)
-            elif prev.model in self._rank and model in self._rank:
-                (fa, ia), (fb, ib) = self._rank[prev.model], self._rank[model]
-                escalation = fa == fb and ib > ia
-            if fallback or escalation:
-                self._dep = min(self._dep, prev.offset)
-        end = start + int(row[C.LATENCY_MS] or 0)
-        self.sessions[skey] = _Session(model, row[C.PROVIDER], row[C.STATUS] == C.STATUS_OK,
-                                       end, ts, self._offset)
-        return fallback, escalation
+        self.sessions[skey] = (model, provider, ok, end, ts)
+        if prev is None:
+            return False, False
+        p_model, p_provider, p_ok, p_end, p_ts = prev
+        if p_ts < ts - self.config.dedup_horizon_ms or \
+                start - p_end > self.config.session_rule_window_ms:
+            return False, False
+        if not p_ok:
+            return (model, provider) != (p_model, p_provider), False
+        rank = self._rank
+        if p_model in rank and model in rank:
+            (fa, ia), (fb, ib) = rank[p_model], rank[model]
+            return False, fa == fb and ib > ia
+        return False, False
 
     # ------------------------------------------------------------ closing and eviction
 
-    def _close(self, now_ms: int, stats: Counter) -> list[dict[str, Any]]:
+    def _record(self, view: str, window: int, key: tuple, late_offset: int | None,
+                segment: int | None, slot: int) -> dict[str, Any]:
+        s = self._slots
+        return partial_record(view, window, self.config.window_ms, key, self.partition,
+                              late_offset, segment, s.sums[slot], s.latency[slot],
+                              s.ttft[slot])
+
+    def _close(self, out: RecordOutput, emitting: bool) -> None:
+        """Emit windows the clock closed (and re-emit dirty ones); forget them after the
+        grace period."""
         cfg = self.config
-        out = []
-        drop = []
-        for wkey, state in sorted(self.windows.items(), key=_sort_key):
-            view, window, key = wkey
-            end = window + cfg.window_ms
-            if end + cfg.allowed_lateness_ms > now_ms:
-                continue
-            if state.dirty:
-                out.append(partial_record(view, window, cfg.window_ms, key, self.partition,
-                                          None, state.acc))
-                stats["reemitted" if state.emitted else "windows_closed"] += 1
-                state.emitted, state.dirty = True, False
-            if end + cfg.allowed_lateness_ms + cfg.close_grace_ms <= now_ms:
-                drop.append(wkey)
-        for wkey in drop:
-            del self.windows[wkey]
-            self.closed[wkey] = wkey[1] + cfg.window_ms
-        return out
+        emit_upto = self.clock_ms - cfg.allowed_lateness_ms - cfg.window_ms
+        drop_upto = emit_upto - cfg.close_grace_ms
+        for start in sorted(w for w in self._by_start if w <= emit_upto):
+            for wkey in sorted(self._by_start[start], key=_key_sort):
+                state = self.windows[wkey]
+                if state.dirty:
+                    if emitting:
+                        out.partials.append(self._record(wkey[0], start, wkey[2], None,
+                                                         self.segment, state.slot))
+                    out.stats["reemitted" if state.emitted else "windows_closed"] += 1
+                    state.emitted, state.dirty = True, False
+                if start <= drop_upto:
+                    self._slots.release(state.slot)
+                    del self.windows[wkey]
+            if start <= drop_upto:
+                del self._by_start[start]
+
+    def _end_segment(self, out: RecordOutput, offset: int) -> None:
+        """Emit every dirty partial of the ending segment, forget them all, and offer a
+        checkpoint at the new segment's first record."""
+        for start in sorted(self._by_start):
+            for wkey in sorted(self._by_start[start], key=_key_sort):
+                state = self.windows.pop(wkey)
+                if state.dirty and self._emitting:
+                    out.partials.append(self._record(wkey[0], start, wkey[2], None,
+                                                     self.segment, state.slot))
+                    out.stats["segment_flushes"] += 1
+                self._slots.release(state.slot)
+        self._by_start.clear()
+        if offset >= self.emit_from:  # (a replay re-offers nothing before its emit point)
+            replay_from = self._records[0][0] if self._records else offset
+            self.checkpoint = Checkpoint(replay_from=replay_from, emit_from=offset)
 
     def _evict(self) -> None:
         """Forget what no later record can need, assuming record timestamps of one
@@ -333,78 +470,24 @@ class PartitionAggregator:
         horizon = self.clock_ms - cfg.close_grace_ms - cfg.dedup_horizon_ms
         while self._seen_order and self._seen_order[0][0] < horizon:
             ts, cid = self._seen_order.popleft()
-            first = self.seen.get(cid)
-            if first is not None and first[0] == ts:
+            if self.seen.get(cid) == ts:
                 del self.seen[cid]
         if len(self.sessions) > 4096:
-            self.sessions = {k: s for k, s in self.sessions.items() if s.record_ts >= horizon}
-        if len(self.closed) > 4096:
-            self.closed = {k: end for k, end in self.closed.items() if end >= horizon}
-        # Records no later record can depend on: older than any future record's horizon.
+            self.sessions = {k: s for k, s in self.sessions.items() if s[4] >= horizon}
         while self._records and self._records[0][1] < horizon:
             self._records.popleft()
-
-    def commit_offset(self) -> int:
-        """The offset a consumer may commit: replaying from it rebuilds the same state
-        and the same decisions. It is the earliest of: the first record still remembered
-        (a future twin or session may need it), the first record of every window still
-        in memory, and (transitively) every record that an already processed record
-        after that point depended on (the first copy of a twin it dropped, the session
-        call that made it a fallback or escalation, the first record of a window it
-        added to)."""
-        c = self._records[0][0] if self._records else self.next_offset
-        for w in self.windows.values():
-            c = min(c, w.first_offset)
-        c = max(c, self._commit)  # never behind what was already allowed
-        changed = True
-        while changed:
-            changed = False
-            for off, dep in self._deps:
-                if off >= c and dep < c:
-                    c, changed = dep, True
-        while self._deps and self._deps[0][0] < c:
-            self._deps.popleft()
-        self._commit = c
-        return c
 
     def open_windows(self) -> int:
         return len(self.windows)
 
 
-def _sort_key(item: tuple) -> tuple:
-    (view, window, key), _ = item
+def _key_sort(wkey: tuple) -> tuple:
+    view, window, key = wkey
     return (view, window, tuple("" if v is None else str(v) for v in key))
 
 
-def _fold(acc: Acc, row: dict[str, Any], lat_b: int, ttft_b: int, fallback: bool,
-          escalation: bool, cfg: AggregateConfig) -> None:
-    acc.calls += 1
-    is_llm = row[C.KIND] == C.KIND_LLM
-    acc.llm_calls += is_llm
-    acc.tool_calls += not is_llm
-    error = row[C.STATUS] == C.STATUS_ERROR
-    acc.errors += error
-    latency = row[C.LATENCY_MS]
-    acc.timeouts += (error and row[C.ERROR_TYPE] in cfg.timeout_error_types) or (
-        latency is not None and latency >= cfg.timeout_ms)
-    acc.fallbacks += fallback
-    acc.escalations += escalation
-    cached = row[C.CACHED_INPUT_TOKENS] or 0
-    acc.cache_hits += cached > 0
-    acc.input_tokens += row[C.INPUT_TOKENS] or 0
-    acc.output_tokens += row[C.OUTPUT_TOKENS] or 0
-    acc.cached_input_tokens += cached
-    acc.cache_write_tokens += row[C.CACHE_WRITE_TOKENS] or 0
-    acc.reasoning_tokens += row[C.REASONING_TOKENS] or 0
-    if row[C.COST_USD] is not None:
-        acc.cost_usd += row[C.COST_USD]
-    if row[C.LIST_COST_USD] is not None:
-        acc.list_cost_usd += row[C.LIST_COST_USD]
-    acc.unpriced_calls += is_llm and not row[C.PRICED]
-    if lat_b >= 0:
-        acc.latency[lat_b] += 1
-    if ttft_b >= 0:
-        acc.ttft[ttft_b] += 1
+def _sort_key(item: tuple) -> tuple:
+    return _key_sort(item[0])
 
 
 # ------------------------------------------------------------ merging partials

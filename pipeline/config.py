@@ -193,6 +193,9 @@ class AggregateSettings:
         "gpt-4.1-nano<gpt-4.1-mini<gpt-4.1;gpt-4o-mini<gpt-4o;gpt-5-mini<gpt-5;o4-mini<o3;"
         "claude-3-5-haiku<claude-haiku-4-5<claude-sonnet-4-5<claude-opus-4-1;"
         "gemini-2.0-flash<gemini-2.5-flash<gemini-2.5-pro;mistral-small<mistral-large")
+    #: llm_calls records per segment: checkpoints (and offset commits) advance once per
+    #: segment; a restarted worker replays at most one segment plus the dedup horizon.
+    segment_records: int = 500
 
 
 _SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")

@@ -1,7 +1,9 @@
 """The 1-minute aggregate partials (``llm_agg_1m`` records and the ``agg_1m`` dataset).
 
 Each record is a *partial*: the sums of one (view, window, key) from one ``llm_calls``
-partition, on-time calls (``late = false``) or the late calls of one source record
+partition, either its on-time calls from one *segment* of that partition's offsets
+(``late = false``, ``segment`` = offset // segment_records; a window open across a
+segment boundary has one partial per segment) or the late calls of one source record
 (``late = true``, ``late_offset`` = that record's offset). Totals are sums of partials
 after keeping the latest record per ``agg_id`` (a re-emission replaces its predecessor).
 
@@ -44,7 +46,7 @@ NEEDED_COLUMNS = [C.CALL_ID, C.KIND, C.TENANT, C.SERVICE, C.PROVIDER, C.MODEL,
 #: Meaning of every field (README table).
 FIELDS: dict[str, str] = {
     "agg_id": "deterministic id of the partial (the Kafka key): view, window, key, "
-              "source partition, late offset",
+              "source partition, segment or late offset",
     "view": "`group` (tenant, service, provider, model, team, use_case) or `user` "
             "(tenant, team, user_id)",
     "tenant": "key", "service": "key (group view)", "provider": "key (group view)",
@@ -53,6 +55,8 @@ FIELDS: dict[str, str] = {
     "window_start": "window start, RFC 3339 UTC (event time: the calls' start_time)",
     "window_end": "window end (exclusive)",
     "source_partition": "the llm_calls partition these calls came from",
+    "segment": "on-time partials: the llm_calls offset segment (offset // "
+               "segment_records) whose calls they sum; null for late partials",
     "late": "true for calls that arrived after their window closed",
     "late_offset": "for late partials: offset of the llm_calls record that carried them",
     "calls": "calls (llm + tool), duplicates (same call_id) counted once",
@@ -77,7 +81,8 @@ AGG_1M = pa.schema(
     [pa.field("agg_id", pa.string(), nullable=False), pa.field("view", pa.string(), False)]
     + [pa.field(c, pa.string()) for c in KEY_COLUMNS]
     + [pa.field("window_start", _TIME, False), pa.field("window_end", _TIME, False),
-       pa.field("source_partition", pa.int32(), False), pa.field("late", pa.bool_(), False),
+       pa.field("source_partition", pa.int32(), False), pa.field("segment", pa.int64()),
+       pa.field("late", pa.bool_(), False),
        pa.field("late_offset", pa.int64())]
     + [pa.field(n, pa.int64(), False) for n in COUNT_FIELDS]
     + [pa.field("cost_usd", C.MONEY, False), pa.field("list_cost_usd", C.MONEY, False),

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from pipeline import sketch
 from pipeline.aggregate import (
     AggregateConfig,
+    Checkpoint,
     PartitionAggregator,
     is_heartbeat,
     merge_partials,
@@ -175,30 +176,45 @@ def _run(agg: PartitionAggregator, records, start: int = 0, stop: int | None = N
     return out
 
 
-@settings(max_examples=40)
-@given(st.integers(0, 10_000), st.integers(1, 59))
-def test_restart_from_the_committed_offset_gives_the_same_totals(seed, crash_at):
+def _latest(partials) -> dict[str, dict]:
+    return {p["agg_id"]: p for p in partials}
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 10_000), st.integers(1, 59), st.integers(1, 12))
+def test_a_restart_from_the_checkpoint_emits_what_an_uninterrupted_run_emits(
+        seed, crash_at, segment_records):
     # Session rules are exact for calls at most dedup_horizon - session_rule_window late
     # (the stream's calls are at most ~200 s late).
     cfg = AggregateConfig(allowed_lateness_ms=20_000, close_grace_ms=30_000,
-                          dedup_horizon_ms=400_000, session_rule_window_ms=60_000)
+                          dedup_horizon_ms=400_000, session_rule_window_ms=60_000,
+                          segment_records=segment_records)
     records = _stream(seed)
     records.append((records[-1][0] + 10 * MIN, []))  # a final heartbeat closes everything
     whole = _run(PartitionAggregator(0, cfg), records)
 
     before = PartitionAggregator(0, cfg)
-    emitted = _run(before, records, stop=crash_at)
-    committed = before.commit_offset()
-    assert committed <= crash_at
-    after = _run(PartitionAggregator(0, cfg), records, start=committed)
-    got, want = merge_partials(emitted + after), merge_partials(whole)
-    assert got.keys() == want.keys()
-    for k in want:
-        for f in ("calls", "errors", "fallbacks", "input_tokens", "cost_usd"):
-            assert got[k][f] == want[k][f], (k, f)
-        assert (got[k]["latency"] == want[k]["latency"]).all()
+    checkpoints = []
+    emitted = []
+    for off, (stamp, rows) in enumerate(records[:crash_at]):
+        emitted += before.add(table(rows), off, stamp).partials
+        if before.checkpoint and (not checkpoints or checkpoints[-1] != before.checkpoint):
+            checkpoints.append(before.checkpoint)
+    cp = checkpoints[-1] if checkpoints else Checkpoint(0, 0)
+    assert cp.replay_from <= cp.emit_from <= crash_at
+    # The worker stores emit_from, then commits replay_from: a crash in between leaves
+    # the previous commit, an earlier replay point, which must not matter either.
+    replay_points = {cp.replay_from}
+    if len(checkpoints) > 1:
+        replay_points.add(checkpoints[-2].replay_from)
+    for replay_from in replay_points:
+        after = _run(PartitionAggregator(0, cfg, emit_from=cp.emit_from), records,
+                     start=replay_from)
+        assert _latest(emitted + after) == _latest(whole)
+    want = merge_partials(whole)
     n_unique = len({r[C.CALL_ID] for _, rows in records for r in rows})
     assert sum(v["calls"] for k, v in want.items() if k[0] == "group") == n_unique
+    assert sum(v["calls"] for k, v in want.items() if k[0] == "user") == n_unique
 
 
 def test_merged_quantiles_equal_the_sketch_of_all_calls():
@@ -225,25 +241,50 @@ def test_config_rejects_a_horizon_shorter_than_a_window():
         AggregateConfig(dedup_horizon_ms=10_000)
 
 
-def test_commits_advance_behind_the_dedup_horizon_and_stay_monotone():
+def test_checkpoints_advance_behind_the_dedup_horizon_and_stay_monotone():
     cfg = AggregateConfig(allowed_lateness_ms=20_000, close_grace_ms=30_000,
-                          dedup_horizon_ms=400_000, session_rule_window_ms=60_000)
+                          dedup_horizon_ms=400_000, session_rule_window_ms=60_000,
+                          segment_records=10)
     agg = PartitionAggregator(0, cfg)
-    commits = []
+    seen = []
     for off, (stamp, rows) in enumerate(_stream(1, n_records=200)):
         agg.add(table(rows), off, stamp)
-        commits.append(agg.commit_offset())
-    assert commits == sorted(commits)
-    assert commits[-1] > 100  # not held at 0: a dense stream still commits
+        if agg.checkpoint and (not seen or seen[-1] != agg.checkpoint):
+            seen.append(agg.checkpoint)
+    assert [c.emit_from for c in seen] == list(range(10, 200, 10))
+    replay = [c.replay_from for c in seen]
+    assert replay == sorted(replay) and all(c.replay_from <= c.emit_from for c in seen)
+    assert replay[-1] > 100  # not held at 0: a dense stream still commits
 
 
 def test_a_burst_of_records_with_one_timestamp_still_commits_once_time_moves_on():
     cfg = AggregateConfig(window_ms=5_000, allowed_lateness_ms=2_000, close_grace_ms=2_000,
-                          dedup_horizon_ms=12_000, session_rule_window_ms=10_000)
+                          dedup_horizon_ms=12_000, session_rule_window_ms=10_000,
+                          segment_records=10)
     agg = PartitionAggregator(0, cfg)
     for off in range(50):
         agg.add(table([call(off, T0 + off)]), off, T0 + 100)
-    assert agg.commit_offset() == 0
+    assert agg.checkpoint == Checkpoint(replay_from=0, emit_from=40)  # all still needed
     for off in range(50, 80):  # heartbeats, 1 s apart
         agg.add(table([]), off, T0 + 100 + (off - 49) * 1000)
-    assert agg.commit_offset() >= 50
+    assert agg.checkpoint.emit_from == 70 and agg.checkpoint.replay_from >= 50
+
+
+def test_segment_boundaries_split_a_window_into_partials_that_add_up():
+    agg = PartitionAggregator(0, AggregateConfig(segment_records=2))
+    parts = []
+    for off in range(6):  # three segments, one window
+        parts += agg.add(table([call(off, T0 + off * 100)]), off, T0 + off * 100).partials
+    parts += agg.add(table([]), 6, T0 + 3 * MIN).partials
+    group = [p for p in parts if p["view"] == "group"]
+    assert sorted(p["segment"] for p in group) == [0, 1, 2]
+    assert len({p["agg_id"] for p in group}) == 3
+    (t,) = totals(parts).values()
+    assert t["calls"] == 6
+
+
+def test_money_beyond_the_int64_pico_range_raises_instead_of_wrapping():
+    agg = PartitionAggregator(0)
+    rows = [call(i, T0, cost="5000000.000000000000") for i in range(2)]
+    with pytest.raises(OverflowError):
+        agg.add(table(rows), 0, T0)
