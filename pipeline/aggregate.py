@@ -41,15 +41,16 @@ rather than wrap).
 from __future__ import annotations
 
 import hashlib
-import json
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 
 import numba
 import numpy as np
+import orjson
 import pyarrow as pa
 
 from pipeline import callbatch
@@ -141,9 +142,8 @@ class _Window:
 def agg_id(view: str, window_start_ms: int, key: tuple, partition: int,
            late_offset: int | None, segment: int | None = None) -> str:
     """Deterministic id (the Kafka key) of one partial."""
-    raw = json.dumps([view, window_start_ms, list(key), partition, late_offset, segment],
-                     separators=(",", ":"), ensure_ascii=False)
-    return hashlib.blake2b(raw.encode(), digest_size=16).hexdigest()
+    raw = orjson.dumps([view, window_start_ms, list(key), partition, late_offset, segment])
+    return hashlib.blake2b(raw, digest_size=16).hexdigest()
 
 
 def _money(p: int) -> str:
@@ -162,8 +162,8 @@ def partial_record(view: str, window_start_ms: int, window_ms: int, key: tuple,
     for col in A.KEY_COLUMNS:
         rec[col] = key[names.index(col)] if col in names else None
     rec.update({
-        "window_start": A.rfc3339_ms(window_start_ms),
-        "window_end": A.rfc3339_ms(window_start_ms + window_ms),
+        "window_start": _rfc3339(window_start_ms),
+        "window_end": _rfc3339(window_start_ms + window_ms),
         "source_partition": partition,
         "segment": segment,
         "late": late_offset is not None,
@@ -179,8 +179,13 @@ def partial_record(view: str, window_start_ms: int, window_ms: int, key: tuple,
     return rec
 
 
+@lru_cache(maxsize=4096)
+def _rfc3339(ms: int) -> str:
+    return A.rfc3339_ms(ms)
+
+
 def _sparse(counts: np.ndarray) -> list[dict[str, int]]:
-    nz = np.flatnonzero(counts)
+    (nz,) = counts.nonzero()
     return [{"bucket": b, "count": n} for b, n in zip(nz.tolist(), counts[nz].tolist(),
                                                      strict=True)]
 
@@ -303,10 +308,10 @@ class PartitionAggregator:
         statuses = L[C.STATUS]
         starts = b.start_ms.tolist()
         ends = (b.start_ms + np.nan_to_num(b.latency_ms, nan=0.0).astype(np.int64)).tolist()
-        slot_g = np.full(n, -1, np.int64)
-        slot_u = np.full(n, -1, np.int64)
-        fallback = np.zeros(n, np.int64)
-        escalation = np.zeros(n, np.int64)
+        slot_g = [-1] * n
+        slot_u = [-1] * n
+        fallback = [False] * n
+        escalation = [False] * n
         late_slots: dict[tuple, int] = {}
         horizon = ts - cfg.dedup_horizon_ms
         closed_before = self.clock_ms - cfg.allowed_lateness_ms - cfg.close_grace_ms
@@ -351,10 +356,10 @@ class PartitionAggregator:
                 su = state.slot
             slot_g[i] = sg
             slot_u[i] = su
-        values = self._values(b, fallback, escalation)
+        values = self._values(b, np.array(fallback, np.bool_), np.array(escalation, np.bool_))
         lat_b = np.where(np.isnan(b.latency_ms), -1, bucket_indices(b.latency_ms))
         ttft_b = np.where(np.isnan(b.ttft_ms), -1, bucket_indices(b.ttft_ms))
-        for s in (slot_g, slot_u):
+        for s in (np.array(slot_g, np.int64), np.array(slot_u, np.int64)):
             if not fold(slots.sums, slots.latency, slots.ttft, s, values, lat_b, ttft_b,
                         _MONEY_LIMIT):
                 raise OverflowError(f"llm_calls[{self.partition}]@{offset}: a partial's "

@@ -12,6 +12,7 @@ places, exact); null token counts become 0 and null latencies NaN.
 from __future__ import annotations
 
 import datetime as dt
+import operator
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -72,7 +73,7 @@ def pico(text: str | None) -> int:
     return int(d)
 
 
-def _start_ms(texts: list[str]) -> np.ndarray:
+def _start_ms(texts: tuple[str, ...]) -> np.ndarray:
     """RFC 3339 UTC times to epoch ms (floored), in numpy's C parser when they end in 'Z'
     (what calls_to_ndjson writes), else one by one."""
     try:
@@ -90,8 +91,19 @@ def _start_ms(texts: list[str]) -> np.ndarray:
     return np.array(out, np.int64)
 
 
-def _floats(values: list) -> np.ndarray:
+def _floats(values: tuple) -> np.ndarray:
     return np.array([np.nan if v is None else v for v in values], np.float64)
+
+
+def _ints(values: tuple) -> list[int]:
+    return [v or 0 for v in values]
+
+
+#: Every column from_ndjson reads, fetched per row in one C call (itemgetter).
+_READ = (*KEY_LISTS, C.RESPONSE_MODEL, C.REQUEST_MODEL, *TOKEN_COLUMNS, C.COST_USD,
+         C.LIST_COST_USD, C.START_TIME, C.LATENCY_MS, C.TTFT_MS, C.PRICED)
+_AT = {name: i for i, name in enumerate(_READ)}
+_GET = operator.itemgetter(*_READ)
 
 
 def from_ndjson(body: bytes) -> CallBatch:
@@ -102,29 +114,36 @@ def from_ndjson(body: bytes) -> CallBatch:
     body = body.strip()
     if not body:
         return CallBatch.empty()
+    if b"\n\n" in body or b"\r" in body:  # blank lines or CRLF: normalise first
+        body = b"\n".join(line.strip() for line in body.splitlines() if line.strip())
     try:
         rows = orjson.loads(b"[" + body.replace(b"\n", b",") + b"]")
     except orjson.JSONDecodeError as exc:
         raise ValueError(f"llm_calls record is not NDJSON: {exc}") from None
     try:
-        lists = {k: [r[k] for r in rows] for k in KEY_LISTS}
+        cols = list(zip(*map(_GET, rows), strict=True))
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"llm_calls record lacks calls columns: {exc!r}") from None
+    try:
+        lists = {k: list(cols[_AT[k]]) for k in KEY_LISTS}
         model = lists[C.MODEL]
-        for i, m in enumerate(model):
-            if m is None:
-                model[i] = rows[i][C.RESPONSE_MODEL] or rows[i][C.REQUEST_MODEL]
+        if None in model:
+            resp, req = cols[_AT[C.RESPONSE_MODEL]], cols[_AT[C.REQUEST_MODEL]]
+            for i, m in enumerate(model):
+                if m is None:
+                    model[i] = resp[i] or req[i]
         n = len(rows)
         tokens = np.empty((n, len(TOKEN_COLUMNS)), np.int64)
         for j, c in enumerate(TOKEN_COLUMNS):
-            tokens[:, j] = [r[c] or 0 for r in rows]
+            tokens[:, j] = _ints(cols[_AT[c]])
         cost = np.empty((n, 2), np.int64)
-        cost[:, 0] = [pico(r[C.COST_USD]) for r in rows]
-        cost[:, 1] = [pico(r[C.LIST_COST_USD]) for r in rows]
-        return CallBatch(lists, _start_ms([r[C.START_TIME] for r in rows]),
-                         _floats([r[C.LATENCY_MS] for r in rows]),
-                         _floats([r[C.TTFT_MS] for r in rows]), tokens, cost,
-                         np.array([bool(r[C.PRICED]) for r in rows], np.bool_))
-    except (KeyError, TypeError, AttributeError, IndexError) as exc:
-        raise ValueError(f"llm_calls record lacks calls columns: {exc!r}") from None
+        cost[:, 0] = list(map(pico, cols[_AT[C.COST_USD]]))
+        cost[:, 1] = list(map(pico, cols[_AT[C.LIST_COST_USD]]))
+        return CallBatch(lists, _start_ms(cols[_AT[C.START_TIME]]),
+                         _floats(cols[_AT[C.LATENCY_MS]]), _floats(cols[_AT[C.TTFT_MS]]),
+                         tokens, cost, np.array(cols[_AT[C.PRICED]], np.bool_))
+    except (TypeError, AttributeError, IndexError) as exc:
+        raise ValueError(f"llm_calls record has a malformed column: {exc!r}") from None
 
 
 def _money_pico(col: pa.ChunkedArray) -> np.ndarray:

@@ -162,8 +162,8 @@ class StreamSettings:
     heartbeat_s: float = 2.0
     #: Port of the worker's Prometheus ``/metrics`` (0: off).
     metrics_port: int = 9465
-    #: Stages the worker runs, comma-separated: ``normalise`` and (preview) ``aggregate``.
-    stages: str = "normalise"
+    #: Stages the worker runs, comma-separated: ``normalise`` and ``aggregate``.
+    stages: str = "normalise,aggregate"
 
     @property
     def stage_set(self) -> frozenset[str]:

@@ -1,6 +1,6 @@
-"""The aggregate stage (preview) in a real Faust worker on the real broker: generator
-traffic in, merged partials equal to the truth; late, out-of-order and duplicate calls.
-(The kill -9 fault test arrives with the stage leaving preview.)"""
+"""The aggregate stage in a real Faust worker on the real broker: generator traffic in,
+merged partials equal to the truth; late, out-of-order and duplicate calls. (Crashes:
+test_aggregate_fault.py.)"""
 
 from __future__ import annotations
 
