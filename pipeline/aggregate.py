@@ -259,7 +259,9 @@ class PartitionAggregator:
         self._rank = self.config.rank()
         self._slots = _Slots()
         self.windows: dict[tuple, _Window] = {}  # (view, window_start, key) -> state
-        self._by_start: dict[int, set[tuple]] = {}  # window_start -> open window keys
+        self._by_start: dict[int, set[tuple]] = {}  # window_start -> not yet emitted
+        self._emitted: dict[int, set[tuple]] = {}  # window_start -> emitted, in grace
+        self._stragglers: set[tuple] = set()  # emitted windows that took more calls
         self.seen: dict[str, int] = {}  # call_id -> record ts of its counted copy
         self._seen_order: deque[tuple[int, str]] = deque()  # (record ts, call_id)
         # (tenant, session) -> (model, provider, ok, end ms, record ts) of its last call
@@ -349,9 +351,13 @@ class PartitionAggregator:
                     su = late_slots[ku] = slots.take()
             else:
                 state = windows_get(kg) or self._open(kg)
+                if state.emitted:
+                    self._stragglers.add(kg)
                 state.dirty = True
                 sg = state.slot
                 state = windows_get(ku) or self._open(ku)
+                if state.emitted:
+                    self._stragglers.add(ku)
                 state.dirty = True
                 su = state.slot
             slot_g[i] = sg
@@ -406,7 +412,8 @@ class PartitionAggregator:
                        ok: bool, start: int, end: int, ts: int) -> tuple[bool, bool]:
         """(fallback, escalation) of an LLM call, from its session's previous call (if
         that arrived within the dedup horizon: a replay then sees the same one)."""
-        prev = self.sessions.get(skey)
+        # Re-inserted so the dict stays in update order (eviction pops from the front).
+        prev = self.sessions.pop(skey, None)
         self.sessions[skey] = (model, provider, ok, end, ts)
         if prev is None:
             return False, False
@@ -432,38 +439,48 @@ class PartitionAggregator:
                               s.ttft[slot])
 
     def _close(self, out: RecordOutput, emitting: bool) -> None:
-        """Emit windows the clock closed (and re-emit dirty ones); forget them after the
-        grace period."""
+        """Emit windows the clock closed (and re-emit stragglers' windows); forget them
+        after the grace period."""
         cfg = self.config
         emit_upto = self.clock_ms - cfg.allowed_lateness_ms - cfg.window_ms
         drop_upto = emit_upto - cfg.close_grace_ms
+        windows = self.windows
         for start in sorted(w for w in self._by_start if w <= emit_upto):
-            for wkey in sorted(self._by_start[start], key=_key_sort):
-                state = self.windows[wkey]
-                if state.dirty:
-                    if emitting:
-                        out.partials.append(self._record(wkey[0], start, wkey[2], None,
-                                                         self.segment, state.slot))
-                    out.stats["reemitted" if state.emitted else "windows_closed"] += 1
-                    state.emitted, state.dirty = True, False
-                if start <= drop_upto:
-                    self._slots.release(state.slot)
-                    del self.windows[wkey]
-            if start <= drop_upto:
-                del self._by_start[start]
+            keys = self._by_start.pop(start)
+            for wkey in sorted(keys, key=_key_sort):
+                state = windows[wkey]
+                if emitting:
+                    out.partials.append(self._record(wkey[0], start, wkey[2], None,
+                                                     self.segment, state.slot))
+                state.emitted, state.dirty = True, False
+            out.stats["windows_closed"] += len(keys)
+            self._emitted.setdefault(start, set()).update(keys)
+        for wkey in sorted(self._stragglers, key=_key_sort):
+            state = windows[wkey]
+            if emitting:
+                out.partials.append(self._record(wkey[0], wkey[1], wkey[2], None,
+                                                 self.segment, state.slot))
+            out.stats["reemitted"] += 1
+            state.dirty = False
+        self._stragglers.clear()
+        for start in [w for w in self._emitted if w <= drop_upto]:
+            for wkey in self._emitted.pop(start):
+                self._slots.release(windows.pop(wkey).slot)
 
     def _end_segment(self, out: RecordOutput, offset: int) -> None:
         """Emit every dirty partial of the ending segment, forget them all, and offer a
         checkpoint at the new segment's first record."""
-        for start in sorted(self._by_start):
-            for wkey in sorted(self._by_start[start], key=_key_sort):
-                state = self.windows.pop(wkey)
-                if state.dirty and self._emitting:
-                    out.partials.append(self._record(wkey[0], start, wkey[2], None,
-                                                     self.segment, state.slot))
-                    out.stats["segment_flushes"] += 1
-                self._slots.release(state.slot)
+        for wkey in sorted(self.windows, key=_key_sort):
+            state = self.windows[wkey]
+            if state.dirty and self._emitting:
+                out.partials.append(self._record(wkey[0], wkey[1], wkey[2], None,
+                                                 self.segment, state.slot))
+                out.stats["segment_flushes"] += 1
+            self._slots.release(state.slot)
+        self.windows.clear()
         self._by_start.clear()
+        self._emitted.clear()
+        self._stragglers.clear()
         if offset >= self.emit_from:  # (a replay re-offers nothing before its emit point)
             replay_from = self._records[0][0] if self._records else offset
             self.checkpoint = Checkpoint(replay_from=replay_from, emit_from=offset)
@@ -477,8 +494,12 @@ class PartitionAggregator:
             ts, cid = self._seen_order.popleft()
             if self.seen.get(cid) == ts:
                 del self.seen[cid]
-        if len(self.sessions) > 4096:
-            self.sessions = {k: s for k, s in self.sessions.items() if s[4] >= horizon}
+        sessions = self.sessions
+        while sessions:
+            first = next(iter(sessions))
+            if sessions[first][4] >= horizon:
+                break
+            del sessions[first]
         while self._records and self._records[0][1] < horizon:
             self._records.popleft()
 

@@ -92,11 +92,17 @@ def _start_ms(texts: tuple[str, ...]) -> np.ndarray:
 
 
 def _floats(values: tuple) -> np.ndarray:
-    return np.array([np.nan if v is None else v for v in values], np.float64)
+    """Numbers or null to float64 (null -> NaN), in numpy's C conversion."""
+    return np.array(values, np.float64)
 
 
-def _ints(values: tuple) -> list[int]:
-    return [v or 0 for v in values]
+def _counts(columns: list[tuple]) -> np.ndarray:
+    """Integer columns (null -> 0) as int64 (n, k): through float64 in C when every value
+    is exactly representable there (token counts always are), else exactly in Python."""
+    f = np.array(columns, np.float64).T
+    if np.nanmax(np.abs(f), initial=0.0) < 2**53:
+        return np.nan_to_num(f, nan=0.0).astype(np.int64)
+    return np.array([[v or 0 for v in col] for col in columns], np.int64).T.copy()
 
 
 #: Every column from_ndjson reads, fetched per row in one C call (itemgetter).
@@ -133,16 +139,14 @@ def from_ndjson(body: bytes) -> CallBatch:
                 if m is None:
                     model[i] = resp[i] or req[i]
         n = len(rows)
-        tokens = np.empty((n, len(TOKEN_COLUMNS)), np.int64)
-        for j, c in enumerate(TOKEN_COLUMNS):
-            tokens[:, j] = _ints(cols[_AT[c]])
+        tokens = _counts([cols[_AT[c]] for c in TOKEN_COLUMNS])
         cost = np.empty((n, 2), np.int64)
         cost[:, 0] = list(map(pico, cols[_AT[C.COST_USD]]))
         cost[:, 1] = list(map(pico, cols[_AT[C.LIST_COST_USD]]))
         return CallBatch(lists, _start_ms(cols[_AT[C.START_TIME]]),
                          _floats(cols[_AT[C.LATENCY_MS]]), _floats(cols[_AT[C.TTFT_MS]]),
                          tokens, cost, np.array(cols[_AT[C.PRICED]], np.bool_))
-    except (TypeError, AttributeError, IndexError) as exc:
+    except (TypeError, ValueError, AttributeError, IndexError) as exc:
         raise ValueError(f"llm_calls record has a malformed column: {exc!r}") from None
 
 
