@@ -99,6 +99,19 @@ class AggregateStage:
                 headers: Any) -> list[dict[str, Any]]:
         """One record in, the partials it closes or creates out."""
         agg = self.aggs.get(partition)
+        if agg is not None and offset < agg.next_offset:
+            # The log went backwards under us (a rebalance seek after stale events): the
+            # state no longer matches the position, so rebuild it from here, as a restart
+            # would. Partials emitted meanwhile are replaced by the replay's (same ids).
+            log.warning("llm_calls[%d]: offset %d after %d, rebuilding the partition's "
+                        "state", partition, offset, agg.next_offset - 1)
+            self.totals["rewinds"] += 1
+            known = self.stored.get(partition)
+            emit_from = max(agg.emit_from, known.emit_from if known else 0)
+            points = self.emit_points
+            self.reset({partition})
+            self.emit_points = {**(points or {}), partition: emit_from}
+            agg = None
         if agg is None:
             emit_from = (self.emit_points or {}).get(partition, 0)
             agg = self.aggs[partition] = PartitionAggregator(partition, self.config,

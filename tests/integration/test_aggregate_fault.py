@@ -206,14 +206,16 @@ def test_kill_9_midway_then_restart_equals_an_uninterrupted_run(kafka_settings, 
         whole += aggs[part].add(C.CALLS.empty_table(), offsets[part],
                                 last_stamp + 10 * 60_000).partials
     want = merge_partials(whole)
-    assert got.keys() == want.keys()
+    missing, extra = want.keys() - got.keys(), got.keys() - want.keys()
+    assert not missing and not extra, (len(missing), sorted(missing)[:3], len(extra),
+                                       sorted(extra)[:3])
     for k, w in want.items():
         g = got[k]
         for name in [*w.keys()]:
             if isinstance(w[name], np.ndarray):
                 assert (g[name] == w[name]).all(), (k, name)
             else:
-                assert g[name] == w[name], (k, name)
+                assert g[name] == w[name], (k, name, g[name], w[name])
     assert sum(v["fallbacks"] for v in group_view.values()) > 0
     assert sum(v["escalations"] for v in group_view.values()) > 0
     assert any(p["late"] for p in got_parts)
