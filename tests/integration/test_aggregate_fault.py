@@ -137,6 +137,29 @@ def _partials(settings, start, tenant: str, want_calls: int | None, timeout_s: f
     return list(latest.values())
 
 
+def _read_all(settings, start, tenant: str) -> list[dict]:
+    """Every record from ``start`` to the topic's current end, read afresh (the polling
+    reader above only waits for the worker)."""
+    end = {tp: off for tp, off in end_offsets(settings, LLM_AGG_1M).items()
+           if off > start.get(tp, 0)}
+    seen: dict = {}
+
+    def done(records) -> bool:
+        for r in records[len(seen.get("n", [])):]:
+            seen[r.partition] = max(seen.get(r.partition, -1), r.offset)
+        seen["n"] = records
+        return all(seen.get(tp.partition, -1) >= off - 1 for tp, off in end.items())
+
+    records = read_records(settings, start, done, timeout_s=300)
+    assert done(records), f"read {[(k, v) for k, v in seen.items() if k != 'n']} of {end}"
+    latest: dict[str, dict] = {}
+    for r in records:
+        rec = json.loads(r.value) if r.value else None
+        if rec is not None and rec["tenant"] == tenant:
+            latest[rec["agg_id"]] = rec
+    return list(latest.values())
+
+
 def test_kill_9_midway_then_restart_equals_an_uninterrupted_run(kafka_settings, tmp_path):
     tenant = f"fault-{uuid.uuid4().hex[:10]}"
     group = f"llmspend-fault-{uuid.uuid4().hex[:8]}"
@@ -174,7 +197,8 @@ def test_kill_9_midway_then_restart_equals_an_uninterrupted_run(kafka_settings, 
     with worker_process(tmp_path, env):
         _produce(kafka_settings, records[cut:], heartbeat_ms=last_stamp + 10 * 60_000)
         unique = {r[C.CALL_ID] for _, _, rows in records for r in rows}
-        got_parts = _partials(kafka_settings, agg_start, tenant, len(unique), timeout_s=300)
+        _partials(kafka_settings, agg_start, tenant, len(unique), timeout_s=300)
+    got_parts = _read_all(kafka_settings, agg_start, tenant)
     got = merge_partials(got_parts)
 
     # The calls' own truth: every unique call counted once, exact money and sketches.
@@ -183,7 +207,21 @@ def test_kill_9_midway_then_restart_equals_an_uninterrupted_run(kafka_settings, 
         for r in rows:
             first.setdefault(r[C.CALL_ID], r)
     group_view = {k: v for k, v in got.items() if k[0] == "group"}
-    assert sum(v["calls"] for v in group_view.values()) == len(first)
+    counted = sum(v["calls"] for v in group_view.values())
+    if counted != len(first):  # say where: which source partition and windows differ
+        by_part: dict[int, int] = {}
+        for p in got_parts:
+            if p["view"] == "group":
+                by_part[p["source_partition"]] = by_part.get(p["source_partition"], 0) \
+                    + p["calls"]
+        want_part: dict[int, int] = {}
+        for part, _, rows in records:
+            want_part[part] = want_part.get(part, 0) + len({r[C.CALL_ID] for r in rows})
+        windows = sorted({p["window_start"] for p in got_parts})
+        pytest.fail(f"{counted} calls counted, {len(first)} expected; by source "
+                    f"partition {sorted(by_part.items())}; records' rows by partition "
+                    f"{sorted(want_part.items())}; windows {windows[0]}..{windows[-1]} "
+                    f"({len(windows)})")
     assert sum((v["cost_usd"] for v in group_view.values()), Decimal(0)) == \
         sum((r[C.COST_USD] for r in first.values()), Decimal(0))
     assert sum(v["input_tokens"] for v in group_view.values()) == \
