@@ -142,16 +142,17 @@ def _read_all(settings, start, tenant: str) -> list[dict]:
     reader above only waits for the worker)."""
     end = {tp: off for tp, off in end_offsets(settings, LLM_AGG_1M).items()
            if off > start.get(tp, 0)}
-    seen: dict = {}
+    last: dict[int, int] = {}  # partition -> highest offset read
+    counted = [0]
 
     def done(records) -> bool:
-        for r in records[len(seen.get("n", [])):]:
-            seen[r.partition] = max(seen.get(r.partition, -1), r.offset)
-        seen["n"] = records
-        return all(seen.get(tp.partition, -1) >= off - 1 for tp, off in end.items())
+        for r in records[counted[0]:]:
+            last[r.partition] = max(last.get(r.partition, -1), r.offset)
+        counted[0] = len(records)
+        return all(last.get(tp.partition, -1) >= off - 1 for tp, off in end.items())
 
     records = read_records(settings, start, done, timeout_s=300)
-    assert done(records), f"read {[(k, v) for k, v in seen.items() if k != 'n']} of {end}"
+    assert done(records), f"read up to {last} of {end}"
     latest: dict[str, dict] = {}
     for r in records:
         rec = json.loads(r.value) if r.value else None
