@@ -302,3 +302,18 @@ def test_the_stage_rebuilds_a_partition_whose_offsets_go_backwards():
     stage.process(0, 6, T0 + 1000, body, [])  # a seek back after a rebalance
     assert stage.totals["rewinds"] == 1
     assert stage.aggs[0].next_offset == 7 and stage.aggs[0].emit_from == 5
+
+
+def test_partials_schema_and_readme_agree():
+    from pathlib import Path
+
+    from schemas import aggregates as A
+
+    agg = PartitionAggregator(0)
+    agg.add(table([call(1, T0)]), 0, T0)
+    rec = agg.add(table([]), 1, T0 + 5 * MIN).partials[0]
+    assert list(rec) == A.AGG_1M.names  # the JSON record carries exactly the schema
+    assert set(A.FIELDS) == set(A.AGG_1M.names)  # and every field is documented
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    missing = [f for f in A.FIELDS if f"| `{f}` | {A.FIELDS[f]} |" not in readme]
+    assert not missing, f"README aggregate table out of date for {missing}"
