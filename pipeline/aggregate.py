@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter, deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from functools import lru_cache
@@ -56,7 +56,6 @@ import pyarrow as pa
 from pipeline import callbatch
 from pipeline.callbatch import CallBatch
 from pipeline.sketch import bucket_indices
-from pipeline.sketch import quantile as sketch_quantile
 from schemas import aggregates as A
 from schemas import calls as C
 
@@ -543,10 +542,3 @@ def merge_partials(records: Iterable[dict[str, Any]]) -> dict[tuple, dict[str, A
         for p in r["ttft_buckets"]:
             t["ttft"][p["bucket"]] += p["count"]
     return totals
-
-
-def quantiles(counts: np.ndarray, qs: Iterable[float] = (0.5, 0.95, 0.99)
-              ) -> Iterator[float | None]:
-    """P50/P95/P99 (lower nearest rank, bucket value) of a merged sketch."""
-    for q in qs:
-        yield sketch_quantile(counts, q)

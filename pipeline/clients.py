@@ -107,6 +107,14 @@ def consumer(settings: Settings, *topics: str, **overrides: Any):
     return KafkaConsumer(*topics, **{**kafka_python_config(settings), **cfg, **overrides})
 
 
+def group_offsets(admin, group: str, topic: str) -> dict[int, int]:
+    """partition -> committed offset of ``group`` on ``topic`` (partitions without a
+    commit left out), through a kafka-python admin client."""
+    offsets = admin.list_group_offsets(group).get(group, {})
+    return {tp.partition: meta.offset for tp, meta in offsets.items()
+            if tp.topic == topic and meta.offset >= 0}
+
+
 def end_offsets(settings: Settings, topic: str) -> dict[Any, int]:
     """TopicPartition -> end offset of every partition of ``topic``."""
     from kafka import TopicPartition

@@ -28,7 +28,7 @@ import orjson
 
 from pipeline import callbatch
 from pipeline.aggregate import AggregateConfig, Checkpoint, PartitionAggregator, is_heartbeat
-from pipeline.clients import admin_client
+from pipeline.clients import admin_client, group_offsets
 from pipeline.config import Settings
 from schemas.topics import LLM_AGG_1M, LLM_CALLS
 
@@ -51,9 +51,7 @@ class EmitPoints:
         return self._admin
 
     def load(self) -> dict[int, int]:
-        offsets = self._client().list_group_offsets(self.group).get(self.group, {})
-        return {tp.partition: meta.offset for tp, meta in offsets.items()
-                if tp.topic == LLM_CALLS and meta.offset >= 0}
+        return group_offsets(self._client(), self.group, LLM_CALLS)
 
     def store(self, partition: int, offset: int) -> None:
         from kafka import TopicPartition

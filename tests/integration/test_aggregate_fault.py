@@ -107,11 +107,24 @@ def _produce(settings, records, heartbeat_ms: int | None = None) -> None:
 def _committed(settings, group: str) -> dict[int, int]:
     admin = clients.admin_client(settings)
     try:
-        offsets = admin.list_group_offsets(group).get(group, {})
+        return clients.group_offsets(admin, group, LLM_CALLS)
     finally:
         admin.close()
-    return {tp.partition: meta.offset for tp, meta in offsets.items()
-            if tp.topic == LLM_CALLS and meta.offset >= 0}
+
+
+def _keep_latest(latest: dict[str, dict], records, tenant: str) -> int:
+    """Fold ``tenant``'s partials into ``latest`` (agg_id -> newest version); returns the
+    change in group-view calls."""
+    delta = 0
+    for r in records:
+        rec = json.loads(r.value) if r.value else None
+        if rec is None or rec["tenant"] != tenant:
+            continue
+        old = latest.get(rec["agg_id"])
+        if rec["view"] == "group":
+            delta += rec["calls"] - (old["calls"] if old else 0)
+        latest[rec["agg_id"]] = rec
+    return delta
 
 
 def _partials(settings, start, tenant: str, want_calls: int | None, timeout_s: float
@@ -122,14 +135,7 @@ def _partials(settings, start, tenant: str, want_calls: int | None, timeout_s: f
     parsed = [0, 0]  # records parsed so far, group-view calls of the latest versions
 
     def check(records) -> bool:
-        for r in records[parsed[0]:]:
-            rec = json.loads(r.value) if r.value else None
-            if rec is None or rec["tenant"] != tenant:
-                continue
-            old = latest.get(rec["agg_id"])
-            if rec["view"] == "group":
-                parsed[1] += rec["calls"] - (old["calls"] if old else 0)
-            latest[rec["agg_id"]] = rec
+        parsed[1] += _keep_latest(latest, records[parsed[0]:], tenant)
         parsed[0] = len(records)
         return want_calls is not None and parsed[1] >= want_calls
 
@@ -154,10 +160,7 @@ def _read_all(settings, start, tenant: str) -> list[dict]:
     records = read_records(settings, start, done, timeout_s=300)
     assert done(records), f"read up to {last} of {end}"
     latest: dict[str, dict] = {}
-    for r in records:
-        rec = json.loads(r.value) if r.value else None
-        if rec is not None and rec["tenant"] == tenant:
-            latest[rec["agg_id"]] = rec
+    _keep_latest(latest, records, tenant)
     return list(latest.values())
 
 
