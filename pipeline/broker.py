@@ -183,16 +183,21 @@ def _ensure_formatted(settings: Settings, props: Path) -> None:
     if (data / "meta.properties").exists():
         return
     cluster_id = _cluster_id()
-    _run(_java_cmd(settings, "kafka.tools.StorageTool", "format", "-t", cluster_id,
+    _run(_java_cmd(settings, "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}",
                    "-c", str(props.resolve()), "--ignore-formatted"),
          "formatting KRaft storage")
 
 
 def _cluster_id() -> str:
-    """A Kafka cluster id: 16 random bytes, URL-safe base64 without padding."""
+    """A Kafka cluster id: 16 random bytes, URL-safe base64 without padding, never
+    starting with '-' (Kafka's Uuid.randomUuid rule: kafka-storage's argument parser
+    would read such an id as an option, which failed one format in 64)."""
     import base64
 
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
 
 
 def wait_reachable(bootstrap: str, timeout_s: float, settings: Settings,

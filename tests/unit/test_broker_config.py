@@ -31,3 +31,15 @@ def test_message_limit_matches_the_producers():
     assert p["message.max.bytes"] == "16777216"
     assert p["replica.fetch.max.bytes"] == "16777216"
     assert int(p["socket.request.max.bytes"]) >= 2 * 16777216
+
+
+def test_cluster_ids_never_start_with_a_dash(monkeypatch):
+    import uuid
+
+    from pipeline import broker
+
+    dash = uuid.UUID(bytes=b"\xf8" + b"\x00" * 15)  # base64 "-A...": read as an option
+    ids = iter([dash, uuid.UUID(int=1)])
+    monkeypatch.setattr(broker.uuid, "uuid4", lambda: next(ids))
+    cid = broker._cluster_id()
+    assert not cid.startswith("-") and len(cid) == 22
