@@ -21,6 +21,7 @@ import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
@@ -162,8 +163,10 @@ class StreamSettings:
     heartbeat_s: float = 2.0
     #: Port of the worker's Prometheus ``/metrics`` (0: off).
     metrics_port: int = 9465
-    #: Stages the worker runs, comma-separated: ``normalise`` and ``aggregate``.
-    stages: str = "normalise,aggregate"
+    #: Stages the worker runs, comma-separated: ``normalise``, ``aggregate``,
+    #: ``detect`` (session detectors, partitioned) and ``detect_windows`` (detectors on
+    #: closed windows; they read every llm_agg_1m partition, so run them on ONE worker).
+    stages: str = "normalise,aggregate,detect,detect_windows"
 
     @property
     def stage_set(self) -> frozenset[str]:
@@ -198,6 +201,77 @@ class AggregateSettings:
     segment_records: int = 500
 
 
+@dataclass(frozen=True)
+class DetectSettings:
+    """Thresholds of the detectors (see the README's On-call section).
+
+    Money is a decimal string (USD); a limit of 0 switches that check off.
+    """
+
+    #: Runaway loop: repetitions in a row of the same tool call, of the same last
+    #: message to the same model, or of a short tool cycle: warning, then critical.
+    loop_warn: int = 3
+    loop_critical: int = 6
+    #: Longest tool cycle (A-B-...-A-B) the loop detector looks for.
+    cycle_max_period: int = 4
+    #: Runaway session limits: steps (LLM + tool calls), tokens, cost, duration.
+    session_steps_warn: int = 150
+    session_steps_critical: int = 500
+    session_tokens_warn: int = 2_000_000
+    session_tokens_critical: int = 10_000_000
+    session_cost_warn_usd: str = "5"
+    session_cost_critical_usd: str = "25"
+    session_duration_warn_s: float = 4 * 3600.0
+    session_duration_critical_s: float = 0.0
+    #: Cost velocity of one session: USD over the last minute of event time.
+    cost_velocity_warn_usd_per_min: str = "2"
+    cost_velocity_critical_usd_per_min: str = "10"
+    #: A session incident resolves after this long without calls (event time).
+    session_quiet_s: float = 120.0
+    #: A session's state is forgotten this long after its last call (bounded memory).
+    session_ttl_s: float = 3600.0
+    #: Call ids remembered per session to ignore duplicates (client retries, replays).
+    seen_calls_per_session: int = 1024
+    #: Spend anomaly per (tenant, service, team), on closed 1-minute windows (see
+    #: pipeline/anomaly.py): minutes of baseline (median and robust scale), minutes of
+    #: baseline needed before any verdict, robust z-scores and ratios to the median for
+    #: warning and critical, the excess over the median (USD per minute) below which
+    #: nothing fires, and how many high minutes in a row open an incident.
+    spend_baseline_minutes: int = 30
+    spend_warmup_minutes: int = 10
+    spend_warn_z: float = 4.0
+    spend_critical_z: float = 8.0
+    spend_warn_ratio: float = 1.5
+    spend_critical_ratio: float = 3.0
+    spend_floor_usd_per_min: str = "0.05"
+    spend_sustain_minutes: int = 2
+    #: Minutes back under the warning level before a window incident resolves.
+    window_resolve_minutes: int = 5
+    #: Quality signals per (tenant, model): rates over this many minutes, with at
+    #: least quality_min_calls LLM calls; warning and critical rates (a rate fires when
+    #: the lower end of its 95 % Wilson interval is above the threshold; 0: off).
+    quality_window_minutes: int = 5
+    quality_min_calls: int = 50
+    error_rate_warn: float = 0.10
+    error_rate_critical: float = 0.30
+    timeout_rate_warn: float = 0.05
+    timeout_rate_critical: float = 0.20
+    fallback_rate_warn: float = 0.10
+    fallback_rate_critical: float = 0.30
+    escalation_rate_warn: float = 0.40
+    escalation_rate_critical: float = 0.0
+    #: A closed window is evaluated once a later window was seen, or this many wall
+    #: seconds after its first partial arrived.
+    window_settle_s: float = 5.0
+    #: Pipeline health (checked by the ingest server): seconds of arriving spans with
+    #: no committed progress before "stalled"; the window over which a growing lag
+    #: fires, and the lag (records) below which it never does; seconds between checks.
+    pipeline_stall_s: float = 300.0
+    pipeline_lag_window_s: float = 300.0
+    pipeline_lag_floor: int = 1000
+    pipeline_check_s: float = 15.0
+
+
 _SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 _SASL_MECHANISMS = ("", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
@@ -226,6 +300,7 @@ class Settings:
     pricing: PricingSettings = field(default_factory=PricingSettings)
     stream: StreamSettings = field(default_factory=StreamSettings)
     aggregate: AggregateSettings = field(default_factory=AggregateSettings)
+    detect: DetectSettings = field(default_factory=DetectSettings)
 
     @property
     def broker_dir(self) -> Path:
@@ -363,7 +438,7 @@ def _validate(s: Settings) -> None:
     if s.stream.auto_offset_reset not in ("earliest", "latest"):
         raise ConfigError("stream.auto_offset_reset: expected earliest or latest, got "
                           f"{s.stream.auto_offset_reset!r}")
-    unknown = s.stream.stage_set - {"normalise", "aggregate"}
+    unknown = s.stream.stage_set - {"normalise", "aggregate", "detect", "detect_windows"}
     if unknown:
         raise ConfigError(f"stream.stages: unknown stage(s) {', '.join(sorted(unknown))}")
     a = s.aggregate
@@ -373,6 +448,23 @@ def _validate(s: Settings) -> None:
                                a.session_rule_window_s):
         raise ConfigError("aggregate.dedup_horizon_s must cover window_s + "
                           "allowed_lateness_s + close_grace_s and session_rule_window_s")
+    d = s.detect
+    if not 2 <= d.loop_warn <= d.loop_critical:
+        raise ConfigError("detect: need 2 <= loop_warn <= loop_critical")
+    if d.session_quiet_s >= d.session_ttl_s:
+        raise ConfigError("detect.session_quiet_s must be shorter than session_ttl_s")
+    for name in ("session_cost_warn_usd", "session_cost_critical_usd",
+                 "cost_velocity_warn_usd_per_min", "cost_velocity_critical_usd_per_min",
+                 "spend_floor_usd_per_min"):
+        try:
+            if Decimal(getattr(d, name)) < 0:
+                raise InvalidOperation
+        except InvalidOperation:
+            raise ConfigError(f"detect.{name}: expected a decimal amount of USD, got "
+                              f"{getattr(d, name)!r}") from None
+    if d.spend_warmup_minutes > d.spend_baseline_minutes or d.spend_warmup_minutes < 3:
+        raise ConfigError("detect: need 3 <= spend_warmup_minutes <= "
+                          "spend_baseline_minutes")
     if s.ingest.http_port == s.ingest.grpc_port:
         raise ConfigError("ingest.http_port and ingest.grpc_port must differ")
     if k.max_message_bytes < 1024:

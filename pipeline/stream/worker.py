@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 
 from pipeline.config import Settings
-from pipeline.stream import aggregate_stage, normalise_stage
+from pipeline.stream import aggregate_stage, detect_stage, normalise_stage
 from pipeline.stream.app import create_app
 
 
@@ -21,10 +22,13 @@ def build(settings: Settings):
     stages = settings.stream.stage_set
     if "normalise" in stages:
         normalise_stage.register(app, settings, heartbeats="aggregate" in stages)
-    if "aggregate" in stages:
-        agg = aggregate_stage.register(app, settings)
-        if settings.stream.metrics_port:
-            _serve_metrics(app, settings, agg)
+    agg = aggregate_stage.register(app, settings) if "aggregate" in stages else None
+    sessions = (detect_stage.register_sessions(app, settings) if "detect" in stages
+                else None)
+    windows = (detect_stage.register_windows(app, settings) if "detect_windows" in stages
+               else None)
+    if settings.stream.metrics_port:
+        _serve_metrics(app, settings, agg, sessions, windows)
     marker = ready_file(settings)
 
     @app.on_rebalance_complete.connect
@@ -36,15 +40,20 @@ def build(settings: Settings):
                 await app.consumer.position(tp)
             except Exception:  # readiness is best effort
                 logging.getLogger(__name__).debug("position of %s", tp, exc_info=True)
+        if windows is not None:
+            try:
+                await asyncio.wait_for(windows.positioned.wait(), 60)
+            except TimeoutError:
+                logging.getLogger(__name__).warning("window detectors not positioned")
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text("ready\n")
 
     return app
 
 
-def _serve_metrics(app, settings: Settings, agg) -> None:
+def _serve_metrics(app, settings: Settings, agg, sessions, windows) -> None:
     """Prometheus /metrics of the worker (consumer lag, calls, dedup drops, late calls,
-    window emissions), on its own small aiohttp server."""
+    window emissions, detector counts), on its own small aiohttp server."""
     from aiohttp import web
 
     from schemas.topics import LLM_CALLS
@@ -56,7 +65,11 @@ def _serve_metrics(app, settings: Settings, agg) -> None:
                 hw = app.consumer.highwater(tp)
                 if hw is not None:
                     highwater[tp.partition] = hw
-        return web.Response(text=agg.metrics(highwater), content_type="text/plain")
+        text = agg.metrics(highwater) if agg is not None else ""
+        for stage in (sessions, windows):
+            if stage is not None:
+                text += "\n".join(stage.metrics()) + "\n"
+        return web.Response(text=text, content_type="text/plain")
 
     @app.task
     async def _metrics_server() -> None:

@@ -96,7 +96,7 @@ UNKNOWN_WINDOW = (0.45, 1.0)
 #: Scenario targets (what each one hits).
 BURN_SERVICE, BURN_MODEL, BURN_TOKEN_FACTOR = "research-agent", "gpt-4.1", 3
 BURN_EXTRA_EVERY_S = 0.5          # one extra research session every 0.5 trace-seconds
-DEPLOY_SERVICE, DEPLOY_TOKEN_FACTOR = "support-assistant", 2
+DEPLOY_SERVICE, DEPLOY_TOKEN_FACTOR = "support-assistant", 3
 STORM_SERVICE, STORM_COPIES = "code-assistant", (2, 4)
 UNKNOWN_SERVICE, UNKNOWN_SHARE = "sales-email-writer", 0.5
 RUNAWAY_SERVICE = "support-triage-agent"
@@ -235,9 +235,9 @@ class Plan:
 
 
 class _Session:
-    __slots__ = ("cache", "conv", "escalated", "history", "id", "messages", "model",
-                 "no_errors", "ready_ns", "rng", "service", "sid", "svc_name", "tag",
-                 "team", "tenant", "turn", "turns_left", "unit_id", "user")
+    __slots__ = ("cache", "conv", "escalated", "history", "id", "last_tool", "messages",
+                 "model", "no_errors", "ready_ns", "rng", "service", "sid", "svc_name",
+                 "tag", "team", "tenant", "turn", "turns_left", "unit_id", "user")
 
     def __init__(self) -> None:
         self.cache: dict[str, tuple[int, int]] = {}
@@ -245,6 +245,7 @@ class _Session:
         self.history = 0
         self.turn = 0
         self.escalated = False
+        self.last_tool = ""
         self.no_errors = False
         self.tag = ""
 
@@ -628,9 +629,16 @@ class _Planner:
             if runaway:
                 tool, args = RUNAWAY_TOOL, RUNAWAY_ARGS
             else:
-                tool = svc.tools[rng.randrange(len(svc.tools))]
+                i = rng.randrange(len(svc.tools))
+                tool = svc.tools[i]
                 args = tool_args(tool, rng, s.unit_id)
+                if f"{tool}{canonical_json(args)}" == s.last_tool:
+                    # A healthy agent does not repeat its last call word for word (the
+                    # loop detector would rightly call that a loop): take the next tool.
+                    tool = svc.tools[(i + 1) % len(svc.tools)]
+                    args = tool_args(tool, rng, s.unit_id)
             args_json = canonical_json(args)
+            s.last_tool = f"{tool}{args_json}"
             call_id = f"call_{rng.getrandbits(64):016x}"
             decision = Msg("assistant", "", call_id, tool, args_json)
             decide_out = 35 if runaway else rng.randrange(18, 90)
@@ -641,7 +649,7 @@ class _Planner:
                 break
             s.messages.append(decision)
             result = RUNAWAY_RESULT if runaway else (
-                f"{tool} returned {rng.randrange(1, 9)} items about {topic}.")
+                f"{tool}({args_json}) returned {rng.randrange(1, 9)} items about {topic}.")
             t0 = end + _us(rng.uniform(0.3, 3) * 1e6)
             t1 = t0 + max(_us(TOOL_MS[tool] * latency.noise(rng) * 1e6), 1000)
             self._span(s, trace_id, root.span_id, shapes.tool(

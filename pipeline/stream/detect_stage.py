@@ -1,0 +1,360 @@
+"""Stage 3: detectors -> ``llm_alerts``. Thin Faust shells around the pure detectors.
+
+* **Sessions** (``detect``): an agent on ``llm_calls`` (partitioned by session) feeds one
+  :class:`pipeline.detect.SessionDetector` per partition. Session state is changelogged
+  to a compacted topic ``<app id>-detect-sessions`` (same partition numbers as
+  ``llm_calls``; a tombstone when a session expires) and read back when a partition is
+  assigned, before its first record. For every record the changelog writes are
+  acknowledged before the alerts are sent, and the alerts before the next record is
+  taken (so before Faust may commit its offset): a restart replays at most the
+  uncommitted records onto state that already holds them, and ``call_id`` dedup makes
+  that a no-op; no incident re-fires, none is lost.
+* **Windows** (``detect_windows``): a task reading EVERY ``llm_agg_1m`` partition (no
+  consumer group: a key's partials come from all partitions) into one
+  :class:`pipeline.anomaly.WindowDetector`. On start it recovers its incidents from
+  ``llm_alerts`` (the latest record of each dedup_key) and, with
+  ``stream.auto_offset_reset = earliest``, re-reads the last baseline's worth of
+  partials (judging only minutes completed after the start). Run it on one worker.
+
+Latency budget of the alert path (see bench/bench_detect.py): ingest produce (linger
+5 ms) -> normalise (Faust fetch, one record per export request) -> ``llm_calls``
+(producer linger 0, acks=all) -> this agent -> ``llm_alerts`` (acks=all). Nothing
+waits for a window: session detectors judge every call as it is folded in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import orjson
+
+from pipeline import clients
+from pipeline.aggregate import is_heartbeat
+from pipeline.alerts import latest_by_key
+from pipeline.anomaly import WindowDetector, WindowLimits
+from pipeline.config import Settings
+from pipeline.detect import SessionDetector, SessionLimits
+from pipeline.topics import TopicSpec, ensure_topics
+from schemas.topics import LLM_AGG_1M, LLM_ALERTS, LLM_CALLS
+
+log = logging.getLogger(__name__)
+
+
+def changelog_topic(settings: Settings) -> str:
+    return f"{settings.stream.app_id}-detect-sessions"
+
+
+def decode_rows(value: bytes | None) -> tuple[list[dict[str, Any]], int]:
+    """The calls of one ``llm_calls`` record, and how many lines were unreadable (a bad
+    line is skipped, never the record)."""
+    rows, bad = [], 0
+    for line in (value or b"").split(b"\n"):
+        if not line.strip():
+            continue
+        try:
+            row = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            bad += 1
+            continue
+        if isinstance(row, dict) and row.get("call_id") and row.get("session_id") \
+                and row.get("tenant") is not None and row.get("start_time"):
+            rows.append(row)
+        else:
+            bad += 1
+    return rows, bad
+
+
+def _headers(headers: Any) -> list[tuple[str, bytes]]:
+    items = headers.items() if isinstance(headers, dict) else (headers or ())
+    return [(k.decode() if isinstance(k, bytes) else k, v) for k, v in items]
+
+
+def read_changelog(settings: Settings, topic: str, partition: int
+                   ) -> dict[str, dict[str, Any]]:
+    """The latest state of every live session in one changelog partition."""
+    from kafka import TopicPartition
+
+    tp = TopicPartition(topic, partition)
+    c = clients.consumer(settings, enable_auto_commit=False)
+    state: dict[str, dict[str, Any]] = {}
+    try:
+        c.assign([tp])
+        c.seek_to_beginning(tp)
+        end = c.end_offsets([tp])[tp]
+        deadline = time.monotonic() + 120
+        while c.position(tp) < end:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"reading {topic}[{partition}] took over 120 s")
+            for batch in c.poll(timeout_ms=500).values():
+                for r in batch:
+                    key = r.key.decode()
+                    if r.value is None:
+                        state.pop(key, None)
+                    else:
+                        state[key] = orjson.loads(r.value)
+    finally:
+        c.close()
+    return state
+
+
+def read_alerts(settings: Settings) -> list[dict[str, Any]]:
+    """Every record still in ``llm_alerts`` (to recover window incidents)."""
+    from kafka import TopicPartition
+
+    c = clients.consumer(settings, enable_auto_commit=False)
+    out: list[dict[str, Any]] = []
+    try:
+        tps = [TopicPartition(LLM_ALERTS, p) for p in c.partitions_for_topic(LLM_ALERTS)
+               or ()]
+        c.assign(tps)
+        c.seek_to_beginning(*tps)
+        ends = c.end_offsets(tps)
+        deadline = time.monotonic() + 120
+        while any(c.position(tp) < ends[tp] for tp in tps) and time.monotonic() < deadline:
+            for batch in c.poll(timeout_ms=500).values():
+                for r in batch:
+                    try:
+                        out.append(orjson.loads(r.value))
+                    except (orjson.JSONDecodeError, TypeError):
+                        continue
+    finally:
+        c.close()
+    return out
+
+
+class SessionStage:
+    """Per-partition session detectors, their changelog and metrics."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.limits = SessionLimits.from_settings(settings.detect)
+        self.detectors: dict[int, SessionDetector] = {}
+        self.totals: Counter = Counter()
+
+    def forget(self, partitions: set[int]) -> None:
+        for p in partitions:
+            self.detectors.pop(p, None)
+
+    def load(self, partition: int, state: dict[str, dict[str, Any]]) -> SessionDetector:
+        det = SessionDetector(self.limits)
+        for key, value in state.items():
+            det.restore(key, value)
+        self.detectors[partition] = det
+        self.totals["sessions_restored"] += len(state)
+        return det
+
+    def metrics(self) -> list[str]:
+        lines = ["# TYPE llmspend_detect_events_total counter"]
+        for name, value in sorted(self.totals.items()):
+            lines.append(f'llmspend_detect_events_total{{kind="{name}"}} {value}')
+        lines.append("# TYPE llmspend_detect_sessions gauge")
+        lines.append(f"llmspend_detect_sessions "
+                     f"{sum(len(d.sessions) for d in self.detectors.values())}")
+        lines.append("# TYPE llmspend_detect_firing_incidents gauge")
+        lines.append(f"llmspend_detect_firing_incidents "
+                     f"{sum(len(d.firing) for d in self.detectors.values())}")
+        return lines
+
+
+def ensure_changelog(settings: Settings) -> None:
+    """Create the compacted session changelog (same partition count as llm_calls)."""
+    from pipeline.stream.normalise_stage import calls_partitions
+
+    admin = clients.admin_client(settings)
+    try:
+        ensure_topics(admin, [TopicSpec(changelog_topic(settings),
+                                        calls_partitions(settings),
+                                        cleanup_policy="compact", retention_hours=-1,
+                                        max_message_bytes=settings.kafka.max_message_bytes)])
+    finally:
+        admin.close()
+
+
+def register_sessions(app, settings: Settings) -> SessionStage:
+    """Add the session-detector agent to a Faust app."""
+    stage = SessionStage(settings)
+    ensure_changelog(settings)
+    topic = changelog_topic(settings)
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llmspend-detect")
+    source = app.topic(LLM_CALLS, value_type=bytes, value_serializer="raw")
+
+    @app.on_partitions_revoked.connect
+    async def _revoked(sender, revoked, **_kw) -> None:
+        stage.forget({tp.partition for tp in revoked if tp.topic == LLM_CALLS})
+
+    @app.agent(source, name="detect-sessions")
+    async def detect_agent(stream):
+        loop = asyncio.get_running_loop()
+        async for event in stream.events():
+            m = event.message
+            p = m.partition
+            det = stage.detectors.get(p)
+            if det is None:
+                state = await loop.run_in_executor(pool, read_changelog, settings, topic, p)
+                det = stage.load(p, state)
+                log.info("detect: %s[%d] restored %d sessions", topic, p, len(state))
+            headers = _headers(m.headers)
+            if is_heartbeat(headers, event.value):
+                rows, bad = [], 0
+            else:
+                rows, bad = decode_rows(event.value)
+            if bad:
+                stage.totals["bad_lines"] += bad
+                log.warning("llm_calls[%d]@%d: %d unreadable line(s) skipped", p,
+                            m.offset, bad)
+            out = det.add(rows, int(m.timestamp * 1000))
+            stage.totals.update(out.stats)
+            writes = []
+            for key in out.changed:
+                s = det.sessions.get(key)
+                if s is not None:
+                    writes.append(await app.producer.send(
+                        topic, key.encode(), orjson.dumps(s.to_json()), p, None, None))
+            for key in out.expired:
+                writes.append(await app.producer.send(topic, key.encode(), None, p, None,
+                                                      None))
+            if out.alerts:
+                for f in writes:  # state first: a sent alert is never re-fired
+                    await f
+                writes = [await app.producer.send(
+                    LLM_ALERTS, a["dedup_key"].encode(), orjson.dumps(a), None, None, None)
+                    for a in out.alerts]
+                for a in out.alerts:
+                    log.warning("alert %s %s %s: %s", a["severity"], a["state"],
+                                a["dedup_key"], a["summary"])
+            for f in writes:  # acknowledged before this offset can be committed
+                await f
+
+    return stage
+
+
+class WindowStage:
+    """The window detectors and their input consumer."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.detector = WindowDetector(WindowLimits.from_settings(settings.detect))
+        self.totals: Counter = Counter()
+        #: Set once the input consumer is positioned (the worker's readiness waits).
+        self.positioned = asyncio.Event()
+
+    def metrics(self) -> list[str]:
+        lines = ["# TYPE llmspend_detect_window_events_total counter"]
+        merged = Counter(self.totals) + Counter(self.detector.stats)
+        for name, value in sorted(merged.items()):
+            lines.append(f'llmspend_detect_window_events_total{{kind="{name}"}} {value}')
+        return lines
+
+
+def register_windows(app, settings: Settings) -> WindowStage:
+    """Add the window-detector task (reads every llm_agg_1m partition) to a Faust app."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    stage = WindowStage(settings)
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llmspend-windows")
+    lookback_ms = (settings.detect.spend_baseline_minutes + 2) * 60_000 \
+        * max(1, int(settings.aggregate.window_s // 60))
+
+    async def send(alerts: list[dict[str, Any]]) -> None:
+        futures = [await app.producer.send(LLM_ALERTS, a["dedup_key"].encode(),
+                                           orjson.dumps(a), None, None, None)
+                   for a in alerts]
+        for f in futures:
+            await f
+        for a in alerts:
+            log.warning("alert %s %s %s: %s", a["severity"], a["state"], a["dedup_key"],
+                        a["summary"])
+
+    started: list[asyncio.Task] = []
+
+    @app.on_rebalance_complete.connect
+    async def _start(sender, **_kw) -> None:
+        # A task of our own, started once: Faust's app.task starts only after the
+        # first rebalance callbacks return, and the worker's readiness waits for this.
+        if not started:
+            started.append(asyncio.ensure_future(_guarded()))
+
+    @app.on_before_shutdown.connect
+    async def _stop(sender, **_kw) -> None:
+        for t in started:
+            t.cancel()
+
+    async def _guarded() -> None:
+        while True:
+            try:
+                await detect_windows()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                stage.totals["restarts"] += 1
+                log.exception("window detectors failed; restarting in 5 s")
+                stage.positioned.clear()
+                await asyncio.sleep(5)
+
+    async def detect_windows() -> None:
+        loop = asyncio.get_running_loop()
+        recovered = latest_by_key(await loop.run_in_executor(pool, read_alerts, settings))
+        stage.detector.restore(recovered)
+        log.info("detect windows: %d incidents recovered from %s", len(recovered),
+                 LLM_ALERTS)
+        consumer = AIOKafkaConsumer(**clients.aiokafka_config(settings),
+                                    enable_auto_commit=False, group_id=None,
+                                    max_partition_fetch_bytes=settings.kafka.max_message_bytes,
+                                    fetch_max_wait_ms=200)
+        await consumer.start()
+        log.info("detect windows: consumer started")
+        try:
+            parts = {tp.partition for tp in await loop.run_in_executor(
+                pool, clients.end_offsets, settings, LLM_AGG_1M)}
+            if not parts:
+                raise RuntimeError(f"topic {LLM_AGG_1M} not found (run `llmspend up`)")
+            tps = [TopicPartition(LLM_AGG_1M, p) for p in sorted(parts)]
+            consumer.assign(tps)
+            replay_until: dict[Any, int] = {}
+            if settings.stream.auto_offset_reset == "earliest":
+                since = int(time.time() * 1000) - lookback_ms
+                found = await consumer.offsets_for_times({tp: since for tp in tps})
+                ends = await consumer.end_offsets(tps)
+                for tp in tps:
+                    off = found.get(tp)
+                    consumer.seek(tp, off.offset if off is not None else ends[tp])
+                    replay_until[tp] = ends[tp]
+            else:
+                await consumer.seek_to_end(*tps)
+                for tp in tps:  # resolve "end" now, not at the first fetch
+                    await consumer.position(tp)
+            stage.positioned.set()
+            replaying = bool(replay_until) and any(
+                [await consumer.position(tp) < replay_until[tp] for tp in tps])
+            log.info("detect windows: reading %d llm_agg_1m partitions (%d incidents "
+                     "recovered%s)", len(tps), len(stage.detector.incidents),
+                     ", re-reading the baseline" if replaying else "")
+            while True:
+                batches = await consumer.getmany(timeout_ms=200, max_records=5000)
+                partials = []
+                for records in batches.values():
+                    for r in records:
+                        try:
+                            partials.append(orjson.loads(r.value))
+                        except (orjson.JSONDecodeError, TypeError):
+                            stage.totals["bad_records"] += 1
+                now_ms = int(time.time() * 1000)
+                if replaying:
+                    stage.detector.add(partials, now_ms, judge=False)
+                    if all([await consumer.position(tp) >= replay_until[tp] for tp in tps]):
+                        replaying = False
+                        stage.detector.skip_judged()
+                    continue
+                alerts = stage.detector.add(partials, now_ms)
+                if alerts:
+                    stage.totals["alerts"] += len(alerts)
+                    await send(alerts)
+        finally:
+            await consumer.stop()
+
+    return stage

@@ -1,0 +1,89 @@
+"""Window detectors (pipeline/anomaly.py): spend anomalies on a robust baseline and
+quality rates with a Wilson bound, judged once per complete minute."""
+
+from __future__ import annotations
+
+import random
+from decimal import Decimal
+
+from pipeline.anomaly import MINUTE_MS, WindowDetector, WindowLimits, rate_level, wilson_low
+from schemas import alerts as A
+from schemas.aggregates import rfc3339_ms as _rfc3339
+
+M0 = 1_772_440_000_000 // MINUTE_MS * MINUTE_MS
+
+
+def partial(minute: int, cost: float, *, service: str = "svc", llm_calls: int = 100,
+            errors: int = 0, part: int = 0, model: str = "gpt-4o") -> dict:
+    return {"view": "group", "tenant": "acme", "service": service, "team": "t",
+            "model": model, "window_start": _rfc3339(M0 + minute * MINUTE_MS),
+            "source_partition": part, "late": False,
+            "cost_usd": str(Decimal(str(round(cost, 6)))), "llm_calls": llm_calls,
+            "errors": errors, "timeouts": 0, "fallbacks": 0, "escalations": 0}
+
+
+def run(series: list[float], **kw) -> list[dict]:
+    det = WindowDetector(WindowLimits(**kw))
+    alerts = []
+    for m, cost in enumerate(series):
+        alerts += det.add([partial(m, cost)], 0)
+    return alerts + det.tick(10 ** 12)
+
+
+def noisy(n: int, level: float, seed: int = 1) -> list[float]:
+    rng = random.Random(seed)
+    return [level * rng.uniform(0.85, 1.15) for _ in range(n)]
+
+
+def test_a_sustained_step_is_one_incident_that_stays_open_while_high():
+    alerts = run(noisy(20, 1.0) + noisy(10, 3.5, seed=2))
+    assert {a["dedup_key"] for a in alerts} == {"spend_anomaly/acme/svc/t"}
+    assert [a["state"] for a in alerts] == ["firing"] * len(alerts)
+    assert alerts[0]["evidence"]["ratio"] >= 1.5 and A.validate(alerts[0]) == []
+
+
+def test_it_resolves_once_spend_is_back_and_the_baseline_never_learned_it():
+    alerts = run(noisy(20, 1.0) + noisy(8, 3.5, seed=2) + noisy(10, 1.0, seed=3))
+    assert [a["state"] for a in alerts][-1] == "resolved"
+    assert sum(a["state"] == "resolved" for a in alerts) == 1
+
+
+def test_one_busy_minute_a_slow_ramp_and_small_amounts_do_not_page():
+    spike = noisy(20, 1.0)
+    spike[15] = 5.0
+    assert run(spike) == []
+    ramp = [1.0 + 0.03 * m for m in range(40)]           # +3 % a minute
+    assert run(ramp) == []
+    tiny = noisy(20, 0.001) + noisy(10, 0.01, seed=2)   # 10x, but cents per minute
+    assert run(tiny) == []
+
+
+def test_no_verdict_during_warm_up():
+    assert run([*noisy(5, 1.0), 10.0, 10.0, 10.0]) == []
+
+
+def test_a_minute_waits_for_every_partition_or_the_settle_time():
+    det = WindowDetector(WindowLimits(settle_s=5))
+    det.add([partial(0, 1.0, part=0), partial(0, 1.0, part=1)], 0)
+    det.add([partial(1, 1.0, part=0)], 1000)
+    assert det.evaluated_through == -1        # partition 1 has not moved past minute 0
+    det.add([partial(1, 1.0, part=1)], 2000)
+    assert det.evaluated_through == M0
+    det.tick(7000)                            # minute 1 settles by wall time
+    assert det.evaluated_through == M0 + MINUTE_MS
+
+
+def test_error_rate_uses_a_wilson_bound_and_a_minimum_of_calls():
+    assert rate_level(3, 20, 0.10, 0.30, 50) is None           # too few calls
+    assert rate_level(12, 100, 0.10, 0.30, 50) is None         # 12 %: bound under 10 %
+    assert rate_level(30, 100, 0.10, 0.30, 50) == A.WARNING      # bound 0.22
+    assert rate_level(60, 100, 0.10, 0.30, 50) == A.CRITICAL
+    assert 0 < wilson_low(10, 100) < 0.10
+    det = WindowDetector()
+    alerts = []
+    for m in range(8):
+        alerts += det.add([partial(m, 1.0, errors=45 if m >= 3 else 1)], 0)
+    alerts += det.tick(10 ** 12)
+    err = [a for a in alerts if a["detector"] == "error_rate"]
+    assert err and {a["dedup_key"] for a in err} == {"error_rate/acme/gpt-4o"}
+    assert err[0]["subject_kind"] == "model" and A.validate(err[0]) == []
