@@ -15,6 +15,7 @@ import click
 
 from pipeline import broker, services, topics
 from pipeline.config import ConfigError, Settings, describe, load_settings
+from schemas import alerts as A
 
 EXPECTED_ERRORS: tuple[type[Exception], ...] = (
     ConfigError, broker.BrokerError, topics.TopicSpecError, services.ServiceError)
@@ -280,6 +281,191 @@ def dlq_replay(ctx: click.Context, dry_run: bool) -> None:
 
     n = replay(_settings(ctx.find_root()), dry_run=dry_run)
     click.echo(f"{n} record(s) {'would be ' if dry_run else ''}replayed to otlp_spans")
+
+
+@main.command("alerts")
+@click.option("--since", default=None, metavar="DURATION|TIME",
+              help="Start with the alerts written since then: a duration back from now "
+                   "(30s, 10m, 2h, 1d) or an ISO 8601 time (naive = UTC). Default: only "
+                   "alerts written from now on.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print each record as one compact JSON line (for scripts).")
+@click.option("--follow/--no-follow", default=True, show_default=True,
+              help="Keep tailing; --no-follow prints what is there up to the current end "
+                   "and exits.")
+@click.option("--severity", type=click.Choice(A.SEVERITIES, case_sensitive=False),
+              default=None,
+              help="Minimum severity.")
+@click.option("--detector", type=click.Choice(list(A.DETECTORS)), default=None,
+              metavar="NAME", help=f"Only this detector: {', '.join(A.DETECTORS)}.")
+@click.option("--tenant", default=None, help="Only this tenant (`*`: the pipeline's own).")
+@click.option("--state", type=click.Choice(A.STATES, case_sensitive=False), default=None,
+              help="Only firing or only resolved records.")
+@click.pass_context
+@_expected_errors
+def alerts(ctx: click.Context, since: str | None, as_json: bool, follow: bool,
+           severity: str | None, detector: str | None, tenant: str | None,
+           state: str | None) -> None:
+    """Tail the alert topic llm_alerts: one line per incident state change.
+
+    Malformed records are reported on stderr (with partition@offset) and skipped.
+    Ctrl-C stops.
+    """
+    import datetime as dt
+
+    from pipeline.alerts_view import parse_since
+
+    settings = _settings(ctx.find_root())
+    start_time = None
+    if since is not None:
+        try:
+            start_time = parse_since(since, dt.datetime.now(dt.UTC))
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--since") from None
+    view = _AlertView(as_json=as_json, color=not as_json and _color_wanted(ctx),
+                      filters={"severity": severity, "detector": detector, "tenant": tenant,
+                               "state": state})
+    try:
+        _tail_alerts(settings, start_time, follow, view)
+    except KeyboardInterrupt:
+        pass
+    except BrokenPipeError:  # `llmspend alerts | head`: the reader left, not an error
+        _silence_stdout()
+
+
+def _color_wanted(ctx: click.Context) -> bool:
+    import os
+
+    if ctx.color is not None:
+        return ctx.color
+    return "NO_COLOR" not in os.environ and click.get_text_stream("stdout").isatty()
+
+
+def _silence_stdout() -> None:
+    """After EPIPE, point stdout at /dev/null so the interpreter's final flush is quiet."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # not a real file (tests)
+        pass
+
+
+class _AlertView:
+    """Decode, filter and print alert records for `llmspend alerts`."""
+
+    def __init__(self, as_json: bool, color: bool, filters: dict[str, str | None]) -> None:
+        self.as_json, self.color, self.filters = as_json, color, filters
+
+    def decode(self, r: Any) -> dict[str, Any] | None:
+        """The record of a Kafka message if it is a well-formed alert that passes the
+        filters; a warning on stderr if it is malformed."""
+        import json
+
+        from pipeline.alerts_view import matches
+
+        if r.value is None:  # a tombstone: nothing to show
+            return None
+        problem = ""
+        try:
+            record = json.loads(r.value.decode("utf-8"))
+            if not isinstance(record, dict):
+                problem = f"not a JSON object but {type(record).__name__}"
+            else:
+                problem = "; ".join(A.validate(record))
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+            problem = f"not UTF-8 JSON ({exc})"
+        except Exception as exc:  # noqa: BLE001 - a bad record must never stop the tail
+            problem = f"{type(exc).__name__}: {exc}"
+        if problem:
+            problem = " ".join(problem.split())
+            click.echo(f"llmspend: warning: malformed alert {r.topic}[{r.partition}]"
+                       f"@{r.offset}, skipped: {problem[:300]}", err=True)
+            return None
+        return record if matches(record, **self.filters) else None
+
+    def show(self, record: dict[str, Any]) -> None:
+        import json
+
+        from pipeline.alerts_view import format_line
+
+        if self.as_json:
+            click.echo(json.dumps(record, separators=(",", ":"), ensure_ascii=False))
+        else:
+            click.echo(format_line(record, self.color), color=self.color)
+
+
+def _tail_alerts(settings: Settings, start_time: Any, follow: bool, view: _AlertView,
+                 stall_s: float = 30.0) -> None:
+    """Print llm_alerts from ``start_time`` (None: from the end) up to the end offsets
+    taken at start, in time order across partitions; then, if ``follow``, what arrives."""
+    import heapq
+    import time
+
+    from kafka import TopicPartition
+
+    from pipeline.clients import consumer
+    from schemas.topics import LLM_ALERTS
+
+    try:
+        c = consumer(settings, enable_auto_commit=False, group_id=None)
+    except Exception as exc:  # noqa: BLE001 - kafka-python raises several kinds
+        raise broker.BrokerError(f"cannot reach Kafka at "
+                                 f"{settings.kafka.bootstrap_servers}: {exc}") from None
+    try:
+        ids = c.partitions_for_topic(LLM_ALERTS)
+        if not ids:
+            raise broker.BrokerError(f"topic {LLM_ALERTS} does not exist on "
+                                     f"{settings.kafka.bootstrap_servers} (run `llmspend up`)")
+        parts = [TopicPartition(LLM_ALERTS, p) for p in sorted(ids)]
+        c.assign(parts)
+        ends = c.end_offsets(parts)
+        start = dict(ends)
+        if start_time is not None:
+            ts_ms = max(0, int(start_time.timestamp() * 1000))
+            found = c.offsets_for_times({tp: ts_ms for tp in parts})
+            start = {tp: found[tp].offset if found.get(tp) is not None else ends[tp]
+                     for tp in parts}
+        for tp in parts:
+            c.seek(tp, start[tp])
+        if follow and sys.stderr.isatty():
+            click.echo(f"llmspend: tailing {LLM_ALERTS} on {settings.kafka.bootstrap_servers}"
+                       f"{'' if start_time is None else f' since {start_time:%Y-%m-%d %H:%M:%S}Z'}"
+                       f" (Ctrl-C to stop)", err=True)
+
+        # The backlog up to the end offsets: buffered per partition, then merged by
+        # timestamp (each partition keeps its own order, which is an incident's order).
+        backlog: dict[Any, list[tuple[int, dict[str, Any]]]] = {tp: [] for tp in parts}
+        positions = {tp: c.position(tp) for tp in parts}
+        moved = time.monotonic()
+        while any(positions[tp] < ends[tp] for tp in parts):
+            for tp, batch in c.poll(timeout_ms=500).items():
+                for r in batch:
+                    if not follow and r.offset >= ends[tp]:
+                        continue
+                    record = view.decode(r)
+                    if record is not None:
+                        backlog[tp].append((r.timestamp, record))
+            now_positions = {tp: c.position(tp) for tp in parts}
+            if now_positions != positions:
+                positions, moved = now_positions, time.monotonic()
+            elif time.monotonic() - moved > stall_s:
+                click.echo(f"llmspend: warning: no progress reading {LLM_ALERTS} for "
+                           f"{stall_s:.0f}s, showing what was read", err=True)
+                break
+        for _ts, record in heapq.merge(*backlog.values(), key=lambda item: item[0]):
+            view.show(record)
+        del backlog
+
+        while follow:
+            batches = c.poll(timeout_ms=1000)
+            fresh = [[(r.timestamp, rec) for r in batch
+                      if (rec := view.decode(r)) is not None] for batch in batches.values()]
+            for _ts, record in heapq.merge(*fresh, key=lambda item: item[0]):
+                view.show(record)
+    finally:
+        c.close(autocommit=False)
 
 
 @main.command("config")
