@@ -47,9 +47,9 @@ def time_us(text: str | None) -> int | None:
     """An ``llm_calls`` RFC 3339 time as microseconds since the epoch."""
     if not text:
         return None
-    if text.endswith("Z"):
-        text = text[:-1] + "+00:00"
-    return (dt.datetime.fromisoformat(text) - _EPOCH) // dt.timedelta(microseconds=1)
+    # fromisoformat reads "Z" (3.11+); the float of .timestamp() holds microseconds of
+    # this era exactly enough to round back (2**53 us is year 2255).
+    return round(dt.datetime.fromisoformat(text).timestamp() * 1e6)
 
 
 def pico(text: str | None) -> int:
@@ -201,10 +201,11 @@ def apply_call(s: SessionState, row: dict[str, Any], limits: SessionLimits) -> b
     s.last_us = max(s.last_us, end)
     s.last_span, s.trace_id = row[C.SPAN_ID], row[C.TRACE_ID]
     s.steps += 1
-    for attr, col in (("service", C.SERVICE), ("agent", C.AGENT), ("team", C.TEAM),
-                      ("user", C.USER_ID)):
-        if row.get(col):
-            setattr(s, attr, row[col])
+    get = row.get
+    s.service = get(C.SERVICE) or s.service
+    s.agent = get(C.AGENT) or s.agent
+    s.team = get(C.TEAM) or s.team
+    s.user = get(C.USER_ID) or s.user
     if row[C.KIND] == C.KIND_TOOL:
         s.tool_calls += 1
         sig = f"{row.get(C.TOOL_NAME) or '?'}#{row.get(C.TOOL_ARGS_HASH) or ''}"
@@ -225,7 +226,8 @@ def apply_call(s: SessionState, row: dict[str, Any], limits: SessionLimits) -> b
     s.cost += cost
     if cost:
         s.recent.append([end, cost])
-    s.recent = [r for r in s.recent if r[0] > s.last_us - 60_000_000]
+    if s.recent and s.recent[0][0] <= s.last_us - 60_000_000:
+        s.recent = [r for r in s.recent if r[0] > s.last_us - 60_000_000]
     last = row.get(C.LAST_MESSAGE_HASH)
     if last and row.get(C.STATUS) == C.STATUS_OK:  # a retry after an error is no loop
         sig = f"{model}#{last}"
@@ -236,11 +238,29 @@ def apply_call(s: SessionState, row: dict[str, Any], limits: SessionLimits) -> b
     return True
 
 
+def _near_limit(s: SessionState, lim: SessionLimits) -> bool:
+    """Could any session limit fire? (Cheap: the warn limits, or critical when warn is
+    off.)"""
+    def low(w: float, c: float) -> float:
+        return w if w > 0 else (c if c > 0 else float("inf"))
+
+    return (s.steps >= low(lim.steps_warn, lim.steps_critical)
+            or s.tokens >= low(lim.tokens_warn, lim.tokens_critical)
+            or s.cost >= low(lim.cost_warn_pico, lim.cost_critical_pico)
+            or (s.last_us - s.first_us) / 1e6 >= low(lim.duration_warn_s,
+                                                      lim.duration_critical_s)
+            or (bool(s.recent) and sum(c for _, c in s.recent)
+                >= low(lim.velocity_warn_pico, lim.velocity_critical_pico)))
+
+
 def evaluate(s: SessionState, limits: SessionLimits
              ) -> tuple[str | None, str, list[str]]:
     """(level, detector, reasons) of a session as it stands."""
-    reasons: list[tuple[str | None, str, str]] = []
     lw, lc = limits.loop_warn, limits.loop_critical
+    if s.run < lw and s.msg_run < lw and len(s.tools) < 2 * lw \
+            and not _near_limit(s, limits):
+        return None, "", []        # the common case: nothing close to any threshold
+    reasons: list[tuple[str | None, str, str]] = []
     if s.run >= lw:
         reasons.append((_level(s.run, lw, lc), "runaway_loop",
                         f"{s.run_sig.partition('#')[0]} called {s.run} times in a row with "

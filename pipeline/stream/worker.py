@@ -21,7 +21,8 @@ def build(settings: Settings):
     app = create_app(settings)
     stages = settings.stream.stage_set
     if "normalise" in stages:
-        normalise_stage.register(app, settings, heartbeats="aggregate" in stages)
+        normalise_stage.register(app, settings,
+                                 heartbeats=bool(stages & {"aggregate", "detect"}))
     agg = aggregate_stage.register(app, settings) if "aggregate" in stages else None
     sessions = (detect_stage.register_sessions(app, settings) if "detect" in stages
                 else None)

@@ -171,10 +171,10 @@ def test_memory_stays_bounded_with_a_million_sessions():
     det = SessionDetector(SessionLimits(quiet_s=30, ttl_s=60))
     peak = 0
     for batch in range(1000):          # 1,000,000 sessions, one call each, 1000 per s
-        t = batch * 1.0
-        rows = [call(t, session=f"s{batch}-{i}", cost=None, last=None)
+        base = call(batch * 1.0, cost=None, last=None)
+        rows = [{**base, "session_id": f"s{batch}-{i}", "call_id": f"{batch:016x}{i:016x}"}
                 for i in range(1000)]
-        det.add(rows, int(t * 1000))
+        det.add(rows, batch * 1000)
         peak = max(peak, len(det.sessions))
     assert peak <= 62_000              # TTL x arrival rate, plus one batch
 
