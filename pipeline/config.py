@@ -269,7 +269,7 @@ class DetectSettings:
     pipeline_stall_s: float = 300.0
     pipeline_lag_window_s: float = 300.0
     pipeline_lag_floor: int = 1000
-    pipeline_check_s: float = 15.0
+    pipeline_check_s: float = 15.0  # 0: no health checks
 
 
 _SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -462,6 +462,12 @@ def _validate(s: Settings) -> None:
         except InvalidOperation:
             raise ConfigError(f"detect.{name}: expected a decimal amount of USD, got "
                               f"{getattr(d, name)!r}") from None
+    if d.pipeline_stall_s <= 0 or d.pipeline_lag_window_s <= 0 or d.pipeline_lag_floor < 0:
+        raise ConfigError("detect: pipeline_stall_s and pipeline_lag_window_s must be > 0, "
+                          "pipeline_lag_floor >= 0")
+    if d.pipeline_check_s >= min(d.pipeline_stall_s, d.pipeline_lag_window_s):
+        raise ConfigError("detect.pipeline_check_s must be shorter than pipeline_stall_s "
+                          "and pipeline_lag_window_s (several checks per window)")
     if d.spend_warmup_minutes > d.spend_baseline_minutes or d.spend_warmup_minutes < 3:
         raise ConfigError("detect: need 3 <= spend_warmup_minutes <= "
                           "spend_baseline_minutes")

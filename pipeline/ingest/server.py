@@ -10,6 +10,7 @@ import signal
 from aiohttp import web
 
 from pipeline.config import Settings
+from pipeline.health import start_watchdog
 from pipeline.ingest.core import Ingestor
 from pipeline.ingest.grpc import make_server
 from pipeline.ingest.http import make_app
@@ -55,9 +56,13 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None,
     await ingestor.kafka_ok()
     if ready is not None:
         ready.set()
+    # Watch the worker from outside: a stalled pipeline must alert (pipeline/health.py).
+    watchdog = start_watchdog(settings)
     try:
         await stop.wait()
     finally:
+        if watchdog is not None:
+            watchdog.stop()
         await grpc_server.stop(grace=5)
         await runner.cleanup()
         await ingestor.close()
