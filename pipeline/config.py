@@ -231,7 +231,7 @@ class DetectSettings:
     #: A session's state is forgotten this long after its last call (bounded memory).
     session_ttl_s: float = 3600.0
     #: Call ids remembered per session to ignore duplicates (client retries, replays).
-    seen_calls_per_session: int = 1024
+    seen_calls_per_session: int = 256
     #: Spend anomaly per (tenant, service, team), on closed 1-minute windows (see
     #: pipeline/anomaly.py): minutes of baseline (median and robust scale), minutes of
     #: baseline needed before any verdict, robust z-scores and ratios to the median for

@@ -4,8 +4,11 @@ An app instrumented with the real OpenTelemetry SDK and the stock OTLP/HTTP expo
 sends GenAI spans (several teams, models and conventions, with prompt text) to the
 llmspend receiver; the receiver strips the text and produces to ``otlp_spans``; the
 stream worker normalises and prices every call into ``llm_calls``; the demo reads the
-priced calls back and prints what each team spent. Later stages (generator, aggregates,
-alerts, lake, dashboard) extend it.
+priced calls back and prints what each team spent. Then an agent gets stuck in a loop
+(the same tool call with the same arguments, over and over): the demo waits for the
+detector's alerts on ``llm_alerts`` (warning at the 3rd repetition, critical at the 6th,
+one incident) and prints them with the time they took. Later stages (lake, dashboard)
+extend it.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from decimal import Decimal
 from typing import Any
 
 from pipeline.config import Settings
-from schemas.topics import LLM_CALLS
+from schemas.topics import LLM_ALERTS, LLM_CALLS
 
 #: (team, service, model, provider, input tokens, cached, output tokens) per demo call.
 DEMO_CALLS = [
@@ -82,6 +85,84 @@ def _emit(exporter, calls, session: str) -> None:
         provider.force_flush()
 
 
+#: The demo's runaway agent: rounds of (decide with the model, call the same tool).
+LOOP_ROUNDS = 7
+
+
+def _emit_loop(exporter, session: str) -> None:
+    """An agent stuck in a loop: the same search with the same arguments, each answer
+    empty, the model deciding to search again."""
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    provider = TracerProvider(resource=Resource.create(
+        {"service.name": "refund-agent", "deployment.environment.name": "demo"}),
+        shutdown_on_exit=False)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("llmspend.demo")
+    with tracer.start_as_current_span("invoke_agent refund-agent") as root:
+        root.set_attribute("gen_ai.operation.name", "invoke_agent")
+        root.set_attribute("gen_ai.agent.name", "refund-agent")
+        root.set_attribute("gen_ai.conversation.id", session)
+        for i in range(LOOP_ROUNDS):
+            with tracer.start_as_current_span("chat gpt-4o-mini") as span:
+                span.set_attribute("gen_ai.operation.name", "chat")
+                span.set_attribute("gen_ai.provider.name", "openai")
+                span.set_attribute("gen_ai.request.model", "gpt-4o-mini")
+                span.set_attribute("gen_ai.conversation.id", session)
+                span.set_attribute("gen_ai.usage.input_tokens", 1_800 + 60 * i)
+                span.set_attribute("gen_ai.usage.output_tokens", 35)
+                span.set_attribute("llmspend.team", "support")
+            with tracer.start_as_current_span("execute_tool search_kb") as span:
+                span.set_attribute("gen_ai.operation.name", "execute_tool")
+                span.set_attribute("gen_ai.tool.name", "search_kb")
+                span.set_attribute("gen_ai.conversation.id", session)
+                span.set_attribute("gen_ai.tool.call.arguments",
+                                   '{"query": "refund policy for damaged items"}')
+            provider.force_flush()   # one export per step, as a live agent would
+    provider.force_flush()
+
+
+def _show_loop_alerts(settings: Settings, endpoint: str, echo: Callable[[str], Any]
+                      ) -> None:
+    """Run the looping agent and print the alerts it raises."""
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    from pipeline.alerts_view import format_line
+    from pipeline.clients import end_offsets, read_from
+
+    session = f"demo-loop-{uuid.uuid4().hex[:8]}"
+    start = end_offsets(settings, LLM_ALERTS)
+    t0 = time.perf_counter()
+    _emit_loop(OTLPSpanExporter(endpoint=endpoint), session)
+    echo(f"sent      an agent stuck in a loop: search_kb with the same arguments "
+         f"{LOOP_ROUNDS} times (session {session})")
+    alerts: list[dict] = []
+
+    def done(records) -> bool:
+        alerts.clear()
+        for r in records:
+            try:
+                a = json.loads(r.value)
+            except ValueError:
+                continue
+            if isinstance(a, dict) and a.get("subject") == session:
+                alerts.append(a)
+        return any(a.get("severity") == "critical" for a in alerts)
+
+    read_from(settings, start, done, timeout_s=60)
+    if not any(a.get("severity") == "critical" for a in alerts):
+        raise DemoError(f"no critical alert for the looping session within 60 s "
+                        f"({len(alerts)} alert(s)); see {settings.state_dir}/logs/")
+    echo(f"alerted   {len(alerts)} records of ONE incident in {LLM_ALERTS} "
+         f"{time.perf_counter() - t0:.1f} s after the first span was sent:")
+    for a in alerts:
+        echo("  " + format_line(a, color=False))
+    echo(f"  it resolves once the session has been quiet for "
+         f"{settings.detect.session_quiet_s:.0f} s (follow: llmspend alerts)")
+
+
 def run(settings: Settings, echo: Callable[[str], Any]) -> None:
     """Send the demo calls through the receiver and print the priced calls."""
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -134,4 +215,6 @@ def run(settings: Settings, echo: Callable[[str], Any]) -> None:
     leaked = [c for c in calls.values() if "demo question" in json.dumps(c)]
     echo("  prompt text in llm_calls: " + ("FOUND (bug!)" if leaked else
                                            "none (keyed hashes only)"))
+    echo("")
+    _show_loop_alerts(settings, endpoint, echo)
     echo("demo      ok")

@@ -83,7 +83,7 @@ class SessionLimits:
     velocity_critical_pico: int = 10 * PICO
     quiet_s: float = 120.0
     ttl_s: float = 3600.0
-    seen_per_session: int = 1024
+    seen_per_session: int = 256
 
     @classmethod
     def from_settings(cls, d: Any) -> SessionLimits:
