@@ -94,8 +94,9 @@ class Incident:
     def record(self) -> dict[str, Any]:
         """The alert record of the incident's current state (schemas/alerts.py)."""
         assert self.state is not None and self.severity is not None
+        first_seen = rfc3339_us(self.first_seen_us)
         return {
-            A.ID: A.alert_id(self.dedup_key, self.state, self.severity),
+            A.ID: A.alert_id(self.dedup_key, self.state, self.severity, first_seen),
             A.DEDUP_KEY: self.dedup_key,
             A.SEVERITY: self.severity,
             A.DETECTOR: self.detector,
@@ -104,7 +105,7 @@ class Incident:
             A.TENANT: self.tenant,
             A.SUMMARY: self.summary,
             A.EVIDENCE: self.evidence,
-            A.FIRST_SEEN: rfc3339_us(self.first_seen_us),
+            A.FIRST_SEEN: first_seen,
             A.LAST_SEEN: rfc3339_us(self.last_seen_us),
             A.STATE: self.state,
             A.EMITTED_AT: now_rfc3339(),

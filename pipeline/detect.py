@@ -253,9 +253,11 @@ def _near_limit(s: SessionState, lim: SessionLimits) -> bool:
                 >= low(lim.velocity_warn_pico, lim.velocity_critical_pico)))
 
 
-def evaluate(s: SessionState, limits: SessionLimits
+def evaluate(s: SessionState, limits: SessionLimits, quiet_limits: int = 0
              ) -> tuple[str | None, str, list[str]]:
-    """(level, detector, reasons) of a session as it stands."""
+    """(level, detector, reasons) of a session as it stands. Session-limit reasons at
+    or below rank ``quiet_limits`` are left out: a limit already reported by a resolved
+    incident stays crossed, and must not re-open it at every pause of a long session."""
     lw, lc = limits.loop_warn, limits.loop_critical
     if s.run < lw and s.msg_run < lw and len(s.tools) < 2 * lw \
             and not _near_limit(s, limits):
@@ -290,7 +292,7 @@ def evaluate(s: SessionState, limits: SessionLimits
     )
     for value, warn, crit, say in checks:
         lvl = _level(value, warn, crit)
-        if lvl:
+        if lvl and A.RANK[lvl] > quiet_limits:
             reasons.append((lvl, "runaway_session", say()))
     reasons = [r for r in reasons if r[0]]
     if not reasons:
@@ -378,8 +380,10 @@ class SessionDetector:
             out.changed.add(key)
             if s.last_us > self.event_us:
                 self.event_us, self.wall_at_event = s.last_us, self.wall_ms
-            level, detector, reasons = evaluate(s, self.limits)
-            if level is None and not (s.incident and s.incident.get("st") == A.FIRING):
+            inc_state = s.incident or {}
+            quiet = A.RANK[inc_state.get("sev")] if inc_state.get("st") == A.RESOLVED else 0
+            level, detector, reasons = evaluate(s, self.limits, quiet)
+            if level is None and inc_state.get("st") != A.FIRING:
                 continue
             inc = self._incident(s)
             rec = inc.observe(level, detector, _summary(s, reasons),

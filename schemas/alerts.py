@@ -5,7 +5,7 @@ jumped, a model whose error rate climbed, a stalled pipeline), named by its
 ``dedup_key``. Its record is written when it opens, each time its severity rises
 (warning -> critical) and once when it resolves: never once per offending call. The
 Kafka key is the ``dedup_key``; ``id`` is a deterministic hash of (dedup_key, state,
-severity), so a record re-written after a restart has the id of its twin and
+severity, first_seen), so a record re-written after a restart has the id of its twin and
 downstream consumers (notifiers, the lake) can drop it.
 
 This module is the single source of truth of the shape: field names, allowed values and
@@ -64,8 +64,8 @@ DETECTORS: dict[str, str] = {
 
 #: Meaning of every field, in record order (README table).
 FIELDS: dict[str, str] = {
-    ID: "hash of (dedup_key, state, severity): the same state change has the same id, "
-        "so a re-written record can be dropped downstream",
+    ID: "hash of (dedup_key, state, severity, first_seen): the same state change has the "
+        "same id, so a re-written record can be dropped downstream",
     DEDUP_KEY: "the incident: `<detector family>/<tenant>/<subject...>`; the Kafka key "
                "and PagerDuty's dedup_key",
     SEVERITY: "`info`, `warning` or `critical` (re-emitted only when it rises)",
@@ -88,9 +88,10 @@ FIELDS: dict[str, str] = {
 NAMES: tuple[str, ...] = tuple(FIELDS)
 
 
-def alert_id(dedup_key: str, state: str, severity: str) -> str:
-    """Deterministic record id: 32 hex digits of BLAKE2b over the state change."""
-    return hashlib.blake2b(f"{dedup_key}\x1f{state}\x1f{severity}".encode(),
+def alert_id(dedup_key: str, state: str, severity: str, first_seen: str) -> str:
+    """Deterministic record id: 32 hex digits of BLAKE2b over the state change (an
+    incident that re-opens later has a new first_seen, hence new ids)."""
+    return hashlib.blake2b(f"{dedup_key}\x1f{state}\x1f{severity}\x1f{first_seen}".encode(),
                            digest_size=16).hexdigest()
 
 
@@ -118,6 +119,7 @@ def validate(record: dict[str, Any]) -> list[str]:
     if not isinstance(record.get(EVIDENCE), dict):
         problems.append("evidence is not an object")
     if ID in record and DEDUP_KEY in record and record[ID] != alert_id(
-            record[DEDUP_KEY], record.get(STATE, ""), record.get(SEVERITY, "")):
-        problems.append("id does not match (dedup_key, state, severity)")
+            record[DEDUP_KEY], record.get(STATE, ""), record.get(SEVERITY, ""),
+            record.get(FIRST_SEEN, "")):
+        problems.append("id does not match (dedup_key, state, severity, first_seen)")
     return problems

@@ -167,6 +167,19 @@ def test_a_quiet_session_resolves_once_and_its_state_expires():
     assert out.expired == {"acme|s1"} and not det.sessions
 
 
+def test_a_long_session_that_pauses_is_not_re_paged_for_the_same_limit():
+    det = SessionDetector(SessionLimits(steps_warn=10, steps_critical=30, quiet_s=60))
+    alerts = feed(det, [call(i, last=f"m{i}") for i in range(12)], ts_ms=0)
+    assert levels(alerts) == [("warning", "firing")]
+    assert levels(det.add([], 100_000).alerts) == [("warning", "resolved")]
+    # Back after the pause: still past the warning limit, which was already reported.
+    assert feed(det, [call(200 + i, last=f"n{i}") for i in range(10)], 100_000) == []
+    again = feed(det, [call(300 + i, last=f"o{i}") for i in range(10)], 100_000)
+    assert levels(again) == [("critical", "firing")]   # a new, higher limit re-opens it
+    assert again[0]["first_seen"] != alerts[0]["first_seen"]
+    assert again[0]["dedup_key"] == alerts[0]["dedup_key"]
+
+
 def test_memory_stays_bounded_with_a_million_sessions():
     det = SessionDetector(SessionLimits(quiet_s=30, ttl_s=60))
     peak = 0
@@ -198,7 +211,8 @@ def test_restart_from_the_changelog_neither_refires_nor_forgets():
 def test_alert_ids_are_deterministic_and_records_recover_incidents():
     inc = Incident("session/acme/s1", "session", "s1", "acme")
     rec = inc.observe("warning", "runaway_loop", "loop", {"n": 3}, T0)
-    assert rec["id"] == A.alert_id("session/acme/s1", "firing", "warning")
+    assert rec["id"] == A.alert_id("session/acme/s1", "firing", "warning",
+                                   rec["first_seen"])
     assert inc.observe("warning", "runaway_loop", "loop", {"n": 4}, T0 + 1) is None
     assert inc.observe(None, "", "", {}, T0 + 2) is None
     back = latest_by_key([rec, {"not": "an alert"}])["session/acme/s1"]
