@@ -340,19 +340,24 @@ class SessionDetector:
         self.sessions: OrderedDict[str, SessionState] = OrderedDict()  # by last touch
         self.firing: set[str] = set()
         self.event_us = 0        # highest call end time seen
-        self.wall_at_event = 0   # record timestamp (ms) when event_us last moved
+        #: Record timestamp (ms) when event_us last moved; None after a restore, until
+        #: the first record.
+        self.wall_at_event: int | None = 0
         self.wall_ms = 0         # highest record timestamp seen
 
     @property
     def clock_us(self) -> int:
         """Event time now: the highest end time, plus wall time since it moved."""
-        return self.event_us + max(0, self.wall_ms - self.wall_at_event) * 1000
+        since = self.wall_ms - (self.wall_at_event if self.wall_at_event is not None
+                                else self.wall_ms)
+        return self.event_us + max(0, since) * 1000
 
     def restore(self, key: str, state: dict[str, Any]) -> None:
         """Load one session from the changelog (before the partition's records)."""
         s = SessionState.from_json(state)
         self.sessions[key] = s
         self.event_us = max(self.event_us, s.last_us)
+        self.wall_at_event = None
         if s.incident and s.incident.get("st") == A.FIRING:
             self.firing.add(key)
 
@@ -362,6 +367,10 @@ class SessionDetector:
         that crossed a limit."""
         out = DetectOutput()
         self.wall_ms = max(self.wall_ms, record_ts_ms)
+        if self.wall_at_event is None:
+            # Restored from the changelog: wall time starts counting from here, not
+            # from 1970 (which would resolve and expire every session at once).
+            self.wall_at_event = self.wall_ms
         # OTLP groups a request's spans by instrumentation scope, so a record's lines
         # are not in time order (all LLM spans, then all tool spans): restore it.
         for row in rows:

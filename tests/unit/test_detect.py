@@ -202,6 +202,8 @@ def test_restart_from_the_changelog_neither_refires_nor_forgets():
     restarted = SessionDetector()
     for key, value in changelog.items():
         restarted.restore(key, value)
+    assert restarted.add([], 1_764_000_000_000).alerts == []   # a heartbeat first
+    assert restarted.firing == {"acme|s1"} and "acme|s1" in restarted.sessions
     assert feed(restarted, rows[:8]) == []         # the uncommitted records again
     rest = feed(restarted, rows[8:])
     assert levels(rest) == [("critical", "firing")]
