@@ -56,6 +56,9 @@ DETECTORS: dict[str, str] = {
     "timeout_rate": "share of a model's LLM calls that timed out",
     "fallback_rate": "share of a model's LLM calls that were fallbacks after an error",
     "escalation_rate": "share of a model's LLM calls that escalated to a larger model",
+    "budget": "a budget (tenant, team, user or use case; daily or monthly) crossed a "
+              "threshold (50/80/100 %), or its burn rate projects an overrun, or a use "
+              "case's cost per unit is above its target; once per period each",
     "pipeline_stalled": "spans keep arriving in otlp_spans but the worker's committed "
                         "offsets have not moved: nothing is being priced",
     "pipeline_lag": "the worker's consumer lag on otlp_spans grew over the whole lag "
