@@ -163,13 +163,16 @@ class BudgetBook:
             start = time_us(row.get(C.START_TIME))
             if start is None:
                 continue
+            view = row.get("_view")
             for b in self.budgets:
+                if view is not None and (view == "user") != (b.scope == "user"):
+                    continue
                 if cost and b.matches(row):
                     p = self._period(b.id, b.period, start, out)
                     if p is not None:
                         self._spend(b, p, cost, start, out)
             uc = f"{row.get(C.TENANT)}/{row.get(C.USE_CASE)}"
-            if uc in self.unit_targets:
+            if view is None and uc in self.unit_targets:
                 p = self._period(f"unit:{uc}", "daily", start, out)
                 if p is not None:
                     p.spent += cost
@@ -177,6 +180,24 @@ class BudgetBook:
                         p.units.add(row[C.UNIT_ID])
                     self._unit_cost(uc, p, start, out)
         return out
+
+    def add_partials(self, partials: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Fold ``llm_agg_1m`` partials in instead of calls: budgets need every call of
+        a tenant, and calls are partitioned by session, while the partials of one key
+        come from every partition. Tenant, team and use-case budgets read the ``group``
+        view, user budgets the ``user`` view (each call is in each view once, so nothing
+        counts twice); a partial's time is its window start. Unit costs need distinct
+        unit ids, which partials do not carry: they stay with :meth:`add`."""
+        rows = []
+        for p in partials:
+            view = p.get("view")
+            if view not in ("group", "user") or not p.get("cost_usd"):
+                continue
+            rows.append({C.TENANT: p.get("tenant"), C.TEAM: p.get("team"),
+                         C.USER_ID: p.get("user_id"), C.USE_CASE: p.get("use_case"),
+                         C.COST_USD: p["cost_usd"], C.START_TIME: p["window_start"],
+                         "_view": view})
+        return self.add(rows)
 
     def tick(self, now_us: int) -> list[dict[str, Any]]:
         """Resolve the incidents of periods that ended by ``now_us`` (event time)."""

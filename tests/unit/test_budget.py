@@ -137,3 +137,22 @@ def test_state_round_trips_and_a_restart_does_not_realert():
 def test_bad_budget_definitions_are_rejected_with_their_name(limits):
     with pytest.raises(BudgetError, match=next(iter(limits)).split(":")[0]):
         parse_budgets(limits)
+
+
+def test_partials_count_each_call_once_per_budget_level():
+    from schemas.aggregates import rfc3339_ms
+
+    ms = int(T0.timestamp() * 1000)
+
+    def part(view: str, cost: str, **keys) -> dict:
+        return {"view": view, "tenant": "acme", "window_start": rfc3339_ms(ms),
+                "cost_usd": cost, **keys}
+
+    b = book({"tenant:acme": {"daily": "10"}, "team:acme/support": {"daily": "10"},
+              "user:acme/u1": {"daily": "10"}}, thresholds=(50,), min_elapsed=1.0)
+    # The same 6 USD of calls, once in each view.
+    out = b.add_partials([part("group", "6.0", team="support", use_case="triage"),
+                          part("user", "6.0", team="support", user_id="u1")])
+    assert sorted(a["evidence"]["budget"] for a in out) == [
+        "team:acme/support:daily", "tenant:acme:daily", "user:acme/u1:daily"]
+    assert {a["evidence"]["spent_usd"] for a in out} == {"6.000000"}   # not 12
