@@ -21,7 +21,7 @@ EXPECTED_ERRORS: tuple[type[Exception], ...] = (
     ConfigError, broker.BrokerError, topics.TopicSpecError, services.ServiceError)
 
 #: Background services `up` starts, in order (`down` stops them in reverse).
-SERVICES = ("ingest", "worker")
+SERVICES = ("ingest", "worker", "notify")
 
 
 def _expected_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -114,6 +114,14 @@ def start_services(settings: Settings, echo: Callable[[str], Any] = click.echo) 
          f"OTLP/HTTP http://{s.host}:{s.http_port}/v1/traces, OTLP/gRPC {s.host}:{s.grpc_port}"
          f", log {services.log_path(settings, 'ingest')}")
     start_worker(settings, echo)
+    if settings.notify.targets:
+        ready_file = settings.state_dir / "run" / "notify.ready"
+        if services.running_pid(settings, "notify") is None:
+            ready_file.unlink(missing_ok=True)
+        pid, now = services.start(settings, "notify", ["notify"], ready_file.exists)
+        echo(f"notify    {'started' if now else 'already running'} (pid {pid}): "
+             f"{len(settings.notify.targets)} target(s), "
+             f"log {services.log_path(settings, 'notify')}")
 
 
 def start_worker(settings: Settings, echo: Callable[[str], Any] = click.echo) -> None:
@@ -244,6 +252,21 @@ def worker(ctx: click.Context, loglevel: str) -> None:
     from pipeline.stream.worker import run
 
     run(_settings(ctx), loglevel)
+
+
+@main.command()
+@click.pass_context
+@_expected_errors
+def notify(ctx: click.Context) -> None:
+    """Deliver llm_alerts to the configured targets (webhook, Slack, PagerDuty,
+    Alertmanager) in the foreground; each target resumes where it stopped."""
+    import logging
+
+    from pipeline.notify import run
+
+    logging.basicConfig(level=logging.INFO,
+                        format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s")
+    run(_settings(ctx))
 
 
 @main.group()

@@ -272,6 +272,22 @@ class DetectSettings:
     pipeline_check_s: float = 15.0  # 0: no health checks
 
 
+@dataclass(frozen=True)
+class NotifySettings:
+    """Where alerts are delivered (`llmspend notify`; see pipeline/notify.py)."""
+
+    #: Targets by name: ``{oncall = {format = "slack", url = "https://hooks...",
+    #: min_severity = "warning", tenants = "acme"}}``; formats ``webhook``, ``slack``,
+    #: ``pagerduty`` (with ``routing_key``), ``alertmanager`` (TOML table; JSON in env).
+    targets: dict = field(default_factory=dict)
+    #: An incident that resolves and re-opens within this time is not re-announced.
+    cooldown_s: float = 300.0
+    #: HTTP timeout of one delivery.
+    timeout_s: float = 10.0
+    #: Longest wait between retries of a failing target (exponential backoff).
+    retry_max_s: float = 60.0
+
+
 _SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 _SASL_MECHANISMS = ("", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
@@ -301,6 +317,7 @@ class Settings:
     stream: StreamSettings = field(default_factory=StreamSettings)
     aggregate: AggregateSettings = field(default_factory=AggregateSettings)
     detect: DetectSettings = field(default_factory=DetectSettings)
+    notify: NotifySettings = field(default_factory=NotifySettings)
 
     @property
     def broker_dir(self) -> Path:
@@ -471,6 +488,10 @@ def _validate(s: Settings) -> None:
     if d.spend_warmup_minutes > d.spend_baseline_minutes or d.spend_warmup_minutes < 3:
         raise ConfigError("detect: need 3 <= spend_warmup_minutes <= "
                           "spend_baseline_minutes")
+    if s.notify.targets:
+        from pipeline.notify import parse_targets
+
+        parse_targets(s.notify.targets)
     if s.ingest.http_port == s.ingest.grpc_port:
         raise ConfigError("ingest.http_port and ingest.grpc_port must differ")
     if k.max_message_bytes < 1024:

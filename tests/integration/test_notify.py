@@ -1,0 +1,127 @@
+"""`llmspend notify` against the real broker and a real HTTP receiver: a target that
+fails twice then recovers gets every alert exactly once, in order; a restart resumes
+after the last delivered record without repeating it; filters skip what they should."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+
+import pytest
+
+from pipeline import clients
+from pipeline.alerts import Incident
+from schemas.topics import LLM_ALERTS
+from tests.integration.kafka_helpers import free_port
+
+pytestmark = pytest.mark.integration
+
+
+class Receiver(http.server.ThreadingHTTPServer):
+    """Accepts POSTs, failing the first ``fail`` ones with 503."""
+
+    def __init__(self, fail: int) -> None:
+        self.fail, self.bodies, self.attempts = fail, [], 0
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                server.attempts += 1
+                if server.attempts <= server.fail:
+                    self.send_response(503)
+                else:
+                    server.bodies.append(json.loads(body))
+                    self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *_a) -> None:
+                pass
+
+        super().__init__(("127.0.0.1", free_port()), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+
+@contextmanager
+def notifier(state, env):
+    full = {**os.environ, "LLMSPEND_STATE_DIR": str(state), **env}
+    ready = state / "run" / "notify.ready"
+    ready.unlink(missing_ok=True)
+    log = open(state / "notify.log", "ab")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "notify"], env=full,
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError((state / "notify.log").read_text()[-3000:])
+            time.sleep(0.2)
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
+def produce(settings, records: list) -> None:
+    p = clients.producer(settings)
+    try:
+        for r in records:
+            value = r if isinstance(r, bytes) else json.dumps(r).encode()
+            p.send(LLM_ALERTS, key=b"k", value=value).get(timeout=30)
+    finally:
+        p.close()
+
+
+def incident(tenant: str, n: int) -> list[dict]:
+    inc = Incident(f"session/{tenant}/s{n}", "session", f"s{n}", tenant)
+    return [inc.observe("warning", "runaway_loop", f"loop {n}", {"n": n}, 1_000_000 + n),
+            inc.observe("critical", "runaway_loop", f"loop {n}", {"n": n}, 2_000_000 + n),
+            inc.resolve(f"quiet {n}", 3_000_000 + n)]
+
+
+def wait_for(pred, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not pred():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def test_a_failing_target_gets_everything_once_and_a_restart_repeats_nothing(
+        kafka_settings, tmp_path):
+    tenant = f"ntf-{uuid.uuid4().hex[:8]}"
+    rx = Receiver(fail=2)
+    quiet = Receiver(fail=0)
+    targets = {"hook": {"format": "webhook", "url": f"http://127.0.0.1:{rx.server_port}/x",
+                        "tenants": tenant},
+               "critical-only": {"format": "webhook", "min_severity": "critical",
+                                 "url": f"http://127.0.0.1:{quiet.server_port}/y",
+                                 "tenants": tenant}}
+    env = {"LLMSPEND_STREAM_APP_ID": f"llmspend-notify-{uuid.uuid4().hex[:8]}",
+           "LLMSPEND_NOTIFY_TARGETS": json.dumps(targets),
+           "LLMSPEND_NOTIFY_RETRY_MAX_S": "1"}
+    first = incident(tenant, 1)
+    with notifier(tmp_path, env):
+        produce(kafka_settings, [*first, b"{not json"])
+        wait_for(lambda: len(rx.bodies) == 3)
+        wait_for(lambda: len(quiet.bodies) == 2)
+        time.sleep(1.0)     # let the last commit land before stopping
+    assert [b["id"] for b in rx.bodies] == [r["id"] for r in first]
+    assert rx.attempts == 5                      # 2 refused, then 3 delivered once each
+    assert [b["severity"] for b in quiet.bodies] == ["critical", "critical"]
+
+    second = incident(tenant, 2)
+    produce(kafka_settings, second)              # while no notifier runs
+    with notifier(tmp_path, env):
+        wait_for(lambda: len(rx.bodies) == 6)
+        time.sleep(2.0)
+    assert [b["id"] for b in rx.bodies] == [r["id"] for r in first + second]
+    rx.shutdown()
+    quiet.shutdown()
