@@ -35,6 +35,9 @@ from schemas.topics import LLM_ALERTS
 log = logging.getLogger(__name__)
 
 FORMATS = ("webhook", "slack", "pagerduty", "alertmanager")
+#: Alertmanager ends an alert after its resolve_timeout (5 min by default) unless it is
+#: posted again: open incidents are re-posted this often.
+REPOST_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -142,6 +145,10 @@ class TargetWorker(threading.Thread):
         self.group = f"{settings.stream.app_id}-notify-{target.name}"
         self.delivered = self.skipped = self.failures = 0
         self.ready = threading.Event()
+        #: Alertmanager targets: the latest firing record of each open incident, re-posted
+        #: every ``REPOST_S`` (Alertmanager ends an alert nobody re-posts).
+        self.am_open: dict[str, dict[str, Any]] = {}
+        self._reposted = time.monotonic()
 
     def run(self) -> None:
         from kafka import TopicPartition
@@ -151,9 +158,12 @@ class TargetWorker(threading.Thread):
 
         c = clients.consumer(self.settings, LLM_ALERTS, group_id=self.group,
                              enable_auto_commit=False, auto_offset_reset="latest")
+        if self.target.format == "alertmanager":
+            self._recover_open()
         try:
             while not self.stop_event.is_set():
                 batches = c.poll(timeout_ms=500)
+                self._repost()
                 if not self.ready.is_set() and c.assignment():
                     for tp in c.assignment():
                         c.position(tp)      # resolve "latest" now: nothing after is missed
@@ -184,7 +194,10 @@ class TargetWorker(threading.Thread):
                 or not self.cooldown.allow(record, now):
             self.skipped += 1
             return True
-        request = build_request(self.target, record)
+        if self.target.format == "alertmanager":
+            request = F.alertmanager(self._am_batch(record), self.target.url)
+        else:
+            request = build_request(self.target, record)
         attempt = 0
         while not self.stop_event.is_set():
             try:
@@ -192,14 +205,71 @@ class TargetWorker(threading.Thread):
                 self.cooldown.delivered(record, time.time())
                 self.delivered += 1
                 return True
+            except urllib.error.HTTPError as exc:
+                if 400 <= exc.code < 500 and exc.code not in (408, 429):
+                    # The target says this request can never be accepted: retrying
+                    # forever would block every later alert. Log it loudly and move on.
+                    log.error("notify %s: %s rejected with HTTP %d, skipped: %s",
+                              self.target.name, record[A.DEDUP_KEY], exc.code,
+                              exc.read()[:300] if exc.fp else "")
+                    self.skipped += 1
+                    return True
+                self._failed(record, exc, attempt)
             except (urllib.error.URLError, OSError, ValueError) as exc:
-                self.failures += 1
-                wait = backoff_s(attempt, self.settings.notify.retry_max_s)
-                log.warning("notify %s: %s failed (%s); retry in %.1f s", self.target.name,
-                            record[A.DEDUP_KEY], exc, wait)
-                attempt += 1
-                self.stop_event.wait(wait)
+                self._failed(record, exc, attempt)
+            attempt += 1
         return False
+
+    def _failed(self, record: dict[str, Any], exc: Exception, attempt: int) -> None:
+        self.failures += 1
+        wait = backoff_s(attempt, self.settings.notify.retry_max_s)
+        log.warning("notify %s: %s failed (%s); retry in %.1f s", self.target.name,
+                    record[A.DEDUP_KEY], exc, wait)
+        self.stop_event.wait(wait)
+
+    # ------------------------------------------------------------ Alertmanager
+
+    def _am_batch(self, record: dict[str, Any]) -> list[dict[str, Any]]:
+        """The record, plus the end of its previous severity: severity is a label, so a
+        warning that became critical would otherwise stay open beside it."""
+        key = record[A.DEDUP_KEY]
+        prev = self.am_open.get(key)
+        batch = []
+        if prev is not None and prev[A.SEVERITY] != record[A.SEVERITY]:
+            batch.append({**prev, A.STATE: A.RESOLVED,
+                          A.LAST_SEEN: max(record[A.LAST_SEEN], prev[A.FIRST_SEEN])})
+        batch.append(record)
+        if record[A.STATE] == A.FIRING:
+            self.am_open[key] = record
+        else:
+            self.am_open.pop(key, None)
+        return batch
+
+    def _repost(self) -> None:
+        if not self.am_open or time.monotonic() - self._reposted < REPOST_S:
+            return
+        self._reposted = time.monotonic()
+        try:
+            send(F.alertmanager(list(self.am_open.values()), self.target.url),
+                 self.settings.notify.timeout_s)
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            log.warning("notify %s: re-posting %d open alert(s) failed: %s",
+                        self.target.name, len(self.am_open), exc)
+
+    def _recover_open(self) -> None:
+        """After a restart: the incidents still open, from the alert log itself."""
+        from pipeline.stream.detect_stage import read_alerts
+
+        latest: dict[str, dict[str, Any]] = {}
+        try:
+            for r in read_alerts(self.settings):
+                if isinstance(r, dict) and not A.validate(r):
+                    latest[r[A.DEDUP_KEY]] = r
+        except Exception:  # recovery is best effort; new records still flow
+            log.warning("notify %s: could not read back open incidents", self.target.name,
+                        exc_info=True)
+        self.am_open = {k: r for k, r in latest.items() if r[A.STATE] == A.FIRING
+                        and F.passes(r, self.target.min_severity, self.target.tenants)}
 
 
 def run(settings: Settings) -> None:

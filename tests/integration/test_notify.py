@@ -125,3 +125,82 @@ def test_a_failing_target_gets_everything_once_and_a_restart_repeats_nothing(
     assert [b["id"] for b in rx.bodies] == [r["id"] for r in first + second]
     rx.shutdown()
     quiet.shutdown()
+
+
+@pytest.fixture
+def alertmanager(tmp_path):
+    """The real Prometheus Alertmanager (Debian package) on a free port, no clustering."""
+    import shutil
+    import urllib.request
+
+    binary = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+    if binary is None:
+        pytest.fail("prometheus-alertmanager is not installed (.ci/run installs it: "
+                    "apt-get install prometheus-alertmanager)")
+    cfg = tmp_path / "am.yml"
+    cfg.write_text("route:\n  receiver: 'null'\nreceivers:\n  - name: 'null'\n")
+    port = free_port()
+    (tmp_path / "am-data").mkdir()
+    log = open(tmp_path / "am.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([binary, f"--config.file={cfg}",
+                             f"--storage.path={tmp_path / 'am-data'}",
+                             f"--web.listen-address=127.0.0.1:{port}",
+                             "--cluster.listen-address="], stdout=log,
+                            stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        try:
+            with urllib.request.urlopen(base + "/-/ready", timeout=1) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    try:
+        wait_for(ready, 30)
+        yield base
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        log.close()
+
+
+def test_alertmanager_gets_one_alert_per_incident_and_its_resolve(kafka_settings, tmp_path,
+                                                                  alertmanager):
+    import urllib.parse
+    import urllib.request
+
+    tenant = f"ntf-{uuid.uuid4().hex[:8]}"
+    warn, crit, done = incident(tenant, 7)
+    env = {"LLMSPEND_STREAM_APP_ID": f"llmspend-notify-{uuid.uuid4().hex[:8]}",
+           "LLMSPEND_NOTIFY_TARGETS": json.dumps({"am": {
+               "format": "alertmanager", "url": alertmanager, "tenants": tenant}})}
+    query = urllib.parse.quote(f'dedup_key="{warn["dedup_key"]}"')
+
+    def active() -> list[dict]:
+        with urllib.request.urlopen(f"{alertmanager}/api/v2/alerts?filter={query}",
+                                    timeout=5) as r:
+            return json.loads(r.read())
+
+    def resolved_received() -> int:
+        """Alertmanager's own count of resolved alerts received (all API versions)."""
+        with urllib.request.urlopen(f"{alertmanager}/metrics", timeout=5) as r:
+            return sum(int(float(line.rsplit(" ", 1)[1]))
+                       for line in r.read().decode().splitlines()
+                       if line.startswith("alertmanager_alerts_received_total")
+                       and 'status="resolved"' in line)
+
+    with notifier(tmp_path, env):
+        produce(kafka_settings, [warn])
+        wait_for(lambda: [a["labels"]["severity"] for a in active()] == ["warning"])
+        produce(kafka_settings, [crit])
+        # The warning is ended when the incident escalates: one alert, critical.
+        wait_for(lambda: [a["labels"]["severity"] for a in active()] == ["critical"])
+        (alert,) = active()
+        assert alert["labels"]["alertname"] == "LLMSpendRunawayLoop"
+        assert alert["labels"]["tenant"] == tenant and alert["status"]["state"] == "active"
+        assert alert["annotations"]["summary"] == crit["summary"]
+        before = resolved_received()
+        produce(kafka_settings, [done])
+        wait_for(lambda: active() == [])
+        assert resolved_received() > before
