@@ -29,7 +29,7 @@ def test_targets_parse_and_bad_ones_name_the_target_and_key():
                        ({"url": "http://x", "colour": "red"}, "colour")):
         with pytest.raises(ConfigError, match=where):
             parse_targets({"t": bad})
-    with pytest.raises(ConfigError, match="notify.targets"):
+    with pytest.raises(ConfigError, match=r"notify\.targets"):
         load_settings(env={"LLMSPEND_NOTIFY_TARGETS": '{"x": {"format": "sms"}}'})
 
 
