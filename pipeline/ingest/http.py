@@ -59,8 +59,8 @@ async def _read_capped(request: web.Request, limit: int) -> bytes:
         chunks.append(chunk)
 
 
-def make_app(ingestor: Ingestor) -> web.Application:
-    """The aiohttp application: /v1/traces, /health, /metrics."""
+def make_app(ingestor: Ingestor, controls=None) -> web.Application:
+    """The aiohttp application: /v1/traces, /v1/verdict, /health, /metrics."""
     limit = ingestor.settings.ingest.max_body_bytes
     retry = str(ingestor.settings.ingest.retry_after_s)
     metrics = ingestor.metrics
@@ -119,7 +119,33 @@ def make_app(ingestor: Ingestor) -> web.Application:
 
     # aiohttp's own cap sits just above ours so that we answer 413 ourselves.
     app = web.Application(client_max_size=limit + 1024 * 1024)
+    async def verdict(request: web.Request) -> web.Response:
+        """``GET /v1/verdict?session=ID[&agent=&team=&user=]``: allow / warn / block for
+        the caller's tenant (its bearer token; a token never sees another tenant)."""
+        from pipeline.verdict import SUBJECTS
+
+        try:
+            tenant = ingestor.tenant_for(request.headers.get("Authorization"))
+        except Unauthorized as exc:
+            return web.json_response({"error": str(exc)}, status=401,
+                                     headers={"WWW-Authenticate": "Bearer"})
+        asked = request.query.get("tenant")
+        if asked and asked != tenant:
+            if ingestor.tokens:
+                return web.json_response({"error": "this token cannot see tenant "
+                                                   f"{asked!r}"}, status=403)
+            tenant = asked    # auth off: one trusted network, any tenant may be asked
+        subjects = {k: v for k in SUBJECTS if (v := request.query.get(k))}
+        if not subjects:
+            return web.json_response({"error": "ask about session=, agent=, team= or "
+                                               "user="}, status=400)
+        if controls is None or not controls.ready.is_set():
+            return web.json_response({"error": "verdicts not loaded yet"}, status=503,
+                                     headers={"Retry-After": retry})
+        return web.json_response(controls.verdicts.lookup(tenant, subjects))
+
     app.router.add_post(TRACES_PATH, traces)
+    app.router.add_get("/v1/verdict", verdict)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", prometheus)
     return app

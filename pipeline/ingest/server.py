@@ -29,7 +29,11 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None,
     ingestor = Ingestor(settings)
     s = settings.ingest
     # We decompress ourselves, with a size cap (a gzip bomb must not fill memory).
-    runner = web.AppRunner(make_app(ingestor), access_log=None, auto_decompress=False)
+    from pipeline.verdict import ControlsReader
+
+    controls = ControlsReader(settings).start()   # answers GET /v1/verdict
+    runner = web.AppRunner(make_app(ingestor, controls), access_log=None,
+                           auto_decompress=False)
     await runner.setup()
     site = web.TCPSite(runner, s.host, s.http_port)
     try:
@@ -63,6 +67,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None,
     finally:
         if watchdog is not None:
             watchdog.stop()
+        controls.stop()
         await grpc_server.stop(grace=5)
         await runner.cleanup()
         await ingestor.close()

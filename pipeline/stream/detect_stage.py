@@ -40,7 +40,8 @@ from pipeline.anomaly import WindowDetector, WindowLimits
 from pipeline.config import Settings
 from pipeline.detect import SessionDetector, SessionLimits
 from pipeline.topics import TopicSpec, ensure_topics
-from schemas.topics import LLM_AGG_1M, LLM_ALERTS, LLM_CALLS
+from pipeline.verdict import control_from_alert
+from schemas.topics import LLM_AGG_1M, LLM_ALERTS, LLM_CALLS, LLM_CONTROLS
 
 log = logging.getLogger(__name__)
 
@@ -224,6 +225,14 @@ def register_sessions(app, settings: Settings) -> SessionStage:
                 writes = [await app.producer.send(
                     LLM_ALERTS, a["dedup_key"].encode(), orjson.dumps(a), None, None, None)
                     for a in out.alerts]
+                for a in out.alerts:   # what apps asking for a verdict will be told
+                    control = control_from_alert(a)
+                    if control is not None:
+                        key, value = control
+                        writes.append(await app.producer.send(
+                            LLM_CONTROLS, key.encode(),
+                            None if value is None else orjson.dumps(value), None, None,
+                            None))
                 for a in out.alerts:
                     log.warning("alert %s %s %s: %s", a["severity"], a["state"],
                                 a["dedup_key"], a["summary"])
