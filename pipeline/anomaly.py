@@ -40,6 +40,7 @@ from schemas import aggregates as G
 from schemas import alerts as A
 
 MINUTE_MS = 60_000
+QUALITY_FIELDS = ("llm_calls", "errors", "timeouts", "fallbacks", "escalations")
 RATES = (("error_rate", "errors"), ("timeout_rate", "timeouts"),
          ("fallback_rate", "fallbacks"), ("escalation_rate", "escalations"))
 
@@ -151,6 +152,8 @@ class WindowDetector:
         self.incidents: dict[str, Incident] = {}
         self.partition_max: dict[int, int] = {}        # source partition -> max window
         self.first_arrival: dict[int, int] = {}        # minute -> wall ms
+        #: agg_id -> what it added (minute, keys, cost, counts), to replace re-emissions.
+        self.partials: dict[str, tuple] = {}
         self.evaluated_through = -1
         self.stats: dict[str, int] = defaultdict(int)
 
@@ -168,20 +171,33 @@ class WindowDetector:
                 self.stats["partials_after_verdict"] += 1
             tenant = p.get("tenant") or ""
             sk = (tenant, p.get("service") or "", p.get("team") or "")
-            k = self.spend.setdefault(sk, _Key(minute))
-            k.first_minute = min(k.first_minute, minute)
-            k.values[minute] = k.values.get(minute, 0) + pico(p.get("cost_usd"))
             qk = (tenant, p.get("model") or "")
-            q = self.quality.setdefault(qk, _Key(minute))
-            counts = q.values.setdefault(minute, [0, 0, 0, 0, 0])
-            for i, name in enumerate(("llm_calls", "errors", "timeouts", "fallbacks",
-                                      "escalations")):
-                counts[i] += int(p.get(name) or 0)
+            cost = pico(p.get("cost_usd"))
+            nums = [int(p.get(name) or 0) for name in QUALITY_FIELDS]
+            # A re-emitted partial (same agg_id) REPLACES its predecessor: take the
+            # predecessor out before adding it, or stragglers would count twice.
+            old = self.partials.get(p.get("agg_id", ""))
+            if old is not None:
+                self.stats["partials_replaced"] += 1
+                self._fold(*old, sign=-1)
+            self._fold(minute, sk, qk, cost, nums)
+            if p.get("agg_id"):
+                self.partials[p["agg_id"]] = (minute, sk, qk, cost, nums)
             part = int(p.get("source_partition", -1))
             self.partition_max[part] = max(self.partition_max.get(part, minute), minute)
             self.first_arrival.setdefault(minute, wall_ms)
             self.stats["partials"] += 1
         return self.tick(wall_ms) if judge else []
+
+    def _fold(self, minute: int, sk: tuple, qk: tuple, cost: int, nums: list[int],
+              sign: int = 1) -> None:
+        k = self.spend.setdefault(sk, _Key(minute))
+        k.first_minute = min(k.first_minute, minute)
+        k.values[minute] = k.values.get(minute, 0) + sign * cost
+        q = self.quality.setdefault(qk, _Key(minute))
+        counts = q.values.setdefault(minute, [0] * len(QUALITY_FIELDS))
+        for i, n in enumerate(nums):
+            counts[i] += sign * n
 
     def skip_judged(self) -> None:
         """After re-reading a baseline: every minute seen but the last counts as judged
@@ -203,6 +219,8 @@ class WindowDetector:
         horizon = self.evaluated_through - (self.limits.baseline_minutes + 2) * MINUTE_MS
         for m in [m for m in self.first_arrival if m < horizon]:
             del self.first_arrival[m]
+        for agg_id in [a for a, v in self.partials.items() if v[0] < horizon]:
+            del self.partials[agg_id]
         return out
 
     # ------------------------------------------------------------------ verdicts

@@ -87,3 +87,12 @@ def test_error_rate_uses_a_wilson_bound_and_a_minimum_of_calls():
     err = [a for a in alerts if a["detector"] == "error_rate"]
     assert err and {a["dedup_key"] for a in err} == {"error_rate/acme/gpt-4o"}
     assert err[0]["subject_kind"] == "model" and A.validate(err[0]) == []
+
+
+def test_a_re_emitted_partial_replaces_its_predecessor():
+    det = WindowDetector()
+    first = {**partial(0, 1.0), "agg_id": "a"}
+    again = {**partial(0, 1.5), "agg_id": "a"}       # the same partial, with a straggler
+    det.add([first, {**partial(0, 2.0), "agg_id": "b"}, again], 0, judge=False)
+    assert det.spend[("acme", "svc", "t")].values[M0] == 3_500_000_000_000
+    assert det.quality[("acme", "gpt-4o")].values[M0][0] == 200
