@@ -288,6 +288,25 @@ class NotifySettings:
     retry_max_s: float = 60.0
 
 
+@dataclass(frozen=True)
+class BudgetSettings:
+    """Budgets (pipeline/budget.py), checked by the window detectors on llm_agg_1m."""
+
+    #: ``{"team:acme/support" = {daily = "100", monthly = "2000"}}``: scopes
+    #: ``tenant:T``, ``team:T/TEAM``, ``user:T/USER``, ``use_case:T/USE_CASE``; USD.
+    limits: dict = field(default_factory=dict)
+    #: Time zone of the day and month boundaries (IANA name).
+    timezone: str = "UTC"
+    #: Percentages of a budget that alert once each per period (the top one: critical).
+    thresholds: str = "50,80,100"
+    #: Part of a period that must have passed before a projected overrun may alert.
+    projection_min_elapsed: float = 0.10
+
+    @property
+    def threshold_list(self) -> tuple[int, ...]:
+        return tuple(sorted(int(x) for x in self.thresholds.split(",") if x.strip()))
+
+
 _SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 _SASL_MECHANISMS = ("", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
@@ -318,6 +337,7 @@ class Settings:
     aggregate: AggregateSettings = field(default_factory=AggregateSettings)
     detect: DetectSettings = field(default_factory=DetectSettings)
     notify: NotifySettings = field(default_factory=NotifySettings)
+    budgets: BudgetSettings = field(default_factory=BudgetSettings)
 
     @property
     def broker_dir(self) -> Path:
@@ -488,6 +508,27 @@ def _validate(s: Settings) -> None:
     if d.spend_warmup_minutes > d.spend_baseline_minutes or d.spend_warmup_minutes < 3:
         raise ConfigError("detect: need 3 <= spend_warmup_minutes <= "
                           "spend_baseline_minutes")
+    b = s.budgets
+    try:
+        ts = b.threshold_list
+    except ValueError:
+        raise ConfigError(f"budgets.thresholds: expected percentages like 50,80,100, got "
+                          f"{b.thresholds!r}") from None
+    if not ts or any(not 0 < t <= 1000 for t in ts):
+        raise ConfigError("budgets.thresholds: percentages between 1 and 1000")
+    try:
+        from zoneinfo import ZoneInfo
+
+        ZoneInfo(b.timezone)
+    except (ValueError, KeyError, OSError):
+        raise ConfigError(f"budgets.timezone: unknown time zone {b.timezone!r}") from None
+    if b.limits:
+        from pipeline.budget import BudgetError, parse_budgets
+
+        try:
+            parse_budgets(b.limits)
+        except BudgetError as exc:
+            raise ConfigError(f"budgets.limits: {exc}") from None
     if s.notify.targets:
         from pipeline.notify import parse_targets
 

@@ -37,6 +37,7 @@ from pipeline import clients
 from pipeline.aggregate import is_heartbeat
 from pipeline.alerts import latest_by_key
 from pipeline.anomaly import WindowDetector, WindowLimits
+from pipeline.budget import BookConfig, BudgetBook, parse_budgets
 from pipeline.config import Settings
 from pipeline.detect import SessionDetector, SessionLimits
 from pipeline.topics import TopicSpec, ensure_topics
@@ -260,6 +261,87 @@ class WindowStage:
         return lines
 
 
+class BudgetStore:
+    """The budget book of the window task, and its durable state: one record on the
+    compacted topic ``<app id>-budgets`` holding the book and, per ``llm_agg_1m``
+    partition, the next offset not yet counted, so partials re-read after a restart
+    (the baseline replay, or records after the last save) count exactly once."""
+
+    def __init__(self, settings: Settings) -> None:
+        b = settings.budgets
+        self.settings = settings
+        self.topic = f"{settings.stream.app_id}-budgets"
+        self.book = BudgetBook(parse_budgets(b.limits), config=BookConfig(
+            thresholds=b.threshold_list, tz=b.timezone,
+            min_elapsed=b.projection_min_elapsed))
+        self.positions: dict[int, int] = {}
+        self.pending: list[dict[str, Any]] = []
+        self.clock_us = 0
+        self._producer = None
+
+    @property
+    def dirty(self) -> bool:
+        return bool(self.pending)
+
+    def offer(self, partition: int, offset: int, partial: dict[str, Any]) -> None:
+        if offset < self.positions.get(partition, 0):
+            return                      # counted before the restart
+        self.positions[partition] = offset + 1
+        if isinstance(partial, dict):
+            self.pending.append(partial)
+
+    def fold(self) -> list[dict[str, Any]]:
+        from pipeline.alerts import parse_rfc3339_us
+
+        alerts = self.book.add_partials(self.pending)
+        for p in self.pending:
+            if p.get("window_end"):
+                self.clock_us = max(self.clock_us, parse_rfc3339_us(p["window_end"]))
+        self.pending = []
+        return alerts + self.book.tick(self.clock_us)
+
+    def load(self) -> None:
+        from kafka import TopicPartition
+
+        admin = clients.admin_client(self.settings)
+        try:
+            ensure_topics(admin, [TopicSpec(self.topic, 1, cleanup_policy="compact",
+                                            retention_hours=-1, max_message_bytes=self.settings
+                                            .kafka.max_message_bytes)])
+        finally:
+            admin.close()
+        tp = TopicPartition(self.topic, 0)
+        c = clients.consumer(self.settings, enable_auto_commit=False)
+        last = None
+        try:
+            c.assign([tp])
+            c.seek_to_beginning(tp)
+            end = c.end_offsets([tp])[tp]
+            deadline = time.monotonic() + 60
+            while c.position(tp) < end and time.monotonic() < deadline:
+                for batch in c.poll(timeout_ms=500).values():
+                    last = batch[-1].value or last
+        finally:
+            c.close()
+        if last:
+            state = orjson.loads(last)
+            self.book.load_state(state["book"])
+            self.positions = {int(k): v for k, v in state["positions"].items()}
+            self.clock_us = state.get("clock_us", 0)
+            log.info("budgets: state restored (%d budget periods)", len(state["book"]))
+
+    def save(self) -> None:
+        if self._producer is None:
+            self._producer = clients.producer(self.settings)
+        self._producer.send(self.topic, key=b"book", value=orjson.dumps(
+            self.state()), partition=0).get(timeout=30)
+
+    def state(self) -> dict[str, Any]:
+        """The JSON record saved (partition numbers as strings: JSON object keys)."""
+        return {"book": self.book.to_state(), "clock_us": self.clock_us,
+                "positions": {str(p): o for p, o in self.positions.items()}}
+
+
 def register_windows(app, settings: Settings) -> WindowStage:
     """Add the window-detector task (reads every llm_agg_1m partition) to a Faust app."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -269,10 +351,19 @@ def register_windows(app, settings: Settings) -> WindowStage:
     lookback_ms = (settings.detect.spend_baseline_minutes + 2) * 60_000 \
         * max(1, int(settings.aggregate.window_s // 60))
 
+    budgets = BudgetStore(settings) if settings.budgets.limits else None
+
     async def send(alerts: list[dict[str, Any]]) -> None:
         futures = [await app.producer.send(LLM_ALERTS, a["dedup_key"].encode(),
                                            orjson.dumps(a), None, None, None)
                    for a in alerts]
+        for a in alerts:   # what apps asking for a verdict will be told
+            control = control_from_alert(a)
+            if control is not None:
+                key, value = control
+                futures.append(await app.producer.send(
+                    LLM_CONTROLS, key.encode(),
+                    None if value is None else orjson.dumps(value), None, None, None))
         for f in futures:
             await f
         for a in alerts:
@@ -343,6 +434,8 @@ def register_windows(app, settings: Settings) -> WindowStage:
             log.info("detect windows: reading %d llm_agg_1m partitions (%d incidents "
                      "recovered%s)", len(tps), len(stage.detector.incidents),
                      ", re-reading the baseline" if replaying else "")
+            if budgets is not None:
+                await loop.run_in_executor(pool, budgets.load)
             while True:
                 batches = await consumer.getmany(timeout_ms=200, max_records=5000)
                 partials = []
@@ -352,6 +445,16 @@ def register_windows(app, settings: Settings) -> WindowStage:
                             partials.append(orjson.loads(r.value))
                         except (orjson.JSONDecodeError, TypeError):
                             stage.totals["bad_records"] += 1
+                            continue
+                        if budgets is not None:
+                            budgets.offer(r.partition, r.offset, partials[-1])
+                if budgets is not None and budgets.dirty:
+                    # State first (a restart never re-counts nor re-alerts), then alerts.
+                    budget_alerts = budgets.fold()
+                    await loop.run_in_executor(pool, budgets.save)
+                    if budget_alerts:
+                        stage.totals["budget_alerts"] += len(budget_alerts)
+                        await send(budget_alerts)
                 now_ms = int(time.time() * 1000)
                 if replaying:
                     stage.detector.add(partials, now_ms, judge=False)

@@ -36,6 +36,11 @@ def book(limits: dict, **cfg) -> BudgetBook:
 T0 = dt.datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 
 
+def spent_pcts(alerts: list[dict]) -> list[int]:
+    return [a["evidence"]["threshold_pct"] for a in alerts
+            if "threshold_pct" in a["evidence"]]
+
+
 def spent_records(alerts: list[dict]) -> list[tuple[str, int]]:
     return [(a["evidence"]["budget"], a["evidence"]["threshold_pct"]) for a in alerts
             if "threshold_pct" in a["evidence"]]
@@ -156,3 +161,26 @@ def test_partials_count_each_call_once_per_budget_level():
     assert sorted(a["evidence"]["budget"] for a in out) == [
         "team:acme/support:daily", "tenant:acme:daily", "user:acme/u1:daily"]
     assert {a["evidence"]["spent_usd"] for a in out} == {"6.000000"}   # not 12
+
+
+def test_the_store_counts_each_llm_agg_1m_offset_once_across_a_restart():
+    from pipeline.config import load_settings
+    from pipeline.stream.detect_stage import BudgetStore
+    from schemas.aggregates import rfc3339_ms
+
+    settings = load_settings(env={"LLMSPEND_BUDGETS_LIMITS":
+                                  '{"tenant:acme": {"daily": "10"}}'})
+    ms = int(T0.timestamp() * 1000)
+    part = {"view": "group", "tenant": "acme", "cost_usd": "6.0",
+            "window_start": rfc3339_ms(ms), "window_end": rfc3339_ms(ms + 60_000)}
+    store = BudgetStore(settings)
+    store.offer(0, 0, part)
+    assert spent_pcts(store.fold()) == [50]
+    saved = orjson.loads(orjson.dumps(store.state()))
+    again = BudgetStore(settings)
+    again.book.load_state(saved["book"])
+    again.positions = {int(k): v for k, v in saved["positions"].items()}
+    again.offer(0, 0, part)                  # re-read after the restart: not counted
+    assert not again.dirty
+    again.offer(0, 1, part)
+    assert spent_pcts(again.fold()) == [80, 100]
