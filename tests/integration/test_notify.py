@@ -204,3 +204,27 @@ def test_alertmanager_gets_one_alert_per_incident_and_its_resolve(kafka_settings
         produce(kafka_settings, [done])
         wait_for(lambda: active() == [])
         assert resolved_received() > before
+
+
+def test_slack_and_pagerduty_payloads_reach_their_receivers_with_the_resolve(
+        kafka_settings, tmp_path):
+    tenant = f"ntf-{uuid.uuid4().hex[:8]}"
+    slack, pd = Receiver(fail=0), Receiver(fail=0)
+    targets = {"slack": {"format": "slack", "tenants": tenant,
+                         "url": f"http://127.0.0.1:{slack.server_port}/services/T/B/X"},
+               "pd": {"format": "pagerduty", "routing_key": "rk-123", "tenants": tenant,
+                      "url": f"http://127.0.0.1:{pd.server_port}/v2/enqueue"}}
+    env = {"LLMSPEND_STREAM_APP_ID": f"llmspend-notify-{uuid.uuid4().hex[:8]}",
+           "LLMSPEND_NOTIFY_TARGETS": json.dumps(targets)}
+    warn, crit, done = incident(tenant, 3)
+    with notifier(tmp_path, env):
+        produce(kafka_settings, [warn, crit, done])
+        wait_for(lambda: len(slack.bodies) == 3 and len(pd.bodies) == 3)
+    assert [b["event_action"] for b in pd.bodies] == ["trigger", "trigger", "resolve"]
+    assert {b["dedup_key"] for b in pd.bodies} == {warn["dedup_key"]}
+    assert pd.bodies[1]["payload"]["severity"] == "critical"
+    assert all(b["routing_key"] == "rk-123" for b in pd.bodies)
+    assert "loop 3" in slack.bodies[0]["text"] and slack.bodies[0]["blocks"]
+    assert "RESOLVED" in slack.bodies[2]["text"]
+    slack.shutdown()
+    pd.shutdown()
