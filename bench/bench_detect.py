@@ -3,8 +3,9 @@
 Latency is measured from the moment the ingest server ACCEPTED the offending spans (HTTP
 200 for ``POST /v1/traces``, sent only once Kafka acknowledged them in ``otlp_spans``)
 to the moment the incident's alert is READABLE in ``llm_alerts`` (returned by a
-kafka-python consumer tailing the topic in this process). Both ends are
-``time.monotonic()`` in this process.
+kafka-python consumer tailing the topic in this process), and on to the moment
+``llmspend notify`` DELIVERED it: its webhook POST received (body read) by an HTTP server
+on loopback in this process. All ends are ``time.monotonic()`` in this process.
 
 Set-up, on a temporary state dir and free ports, in the shared local broker
 (``llmspend up --kafka-only`` is done for you if it does not run; it is left running):
@@ -12,6 +13,10 @@ Set-up, on a temporary state dir and free ports, in the shared local broker
 * one real ``llmspend ingest`` (auth on: every span is tenant ``bench-detect``) and one
   real ``llmspend worker`` with every stage, in a consumer group of its own that starts
   at the topics' end (``LLMSPEND_STREAM_AUTO_OFFSET_RESET=latest``);
+* one real ``llmspend notify`` with one ``webhook`` target (``bench``, tenant
+  ``bench-detect``) pointing at a ``ThreadingHTTPServer`` on a free loopback port in this
+  process; its consumer group ``<app id>-notify-bench`` is new, so it starts at the end
+  of ``llm_alerts`` (probes are sent only after its ``run/notify.ready``);
 * background: generator traffic (``pipeline.traffic``: the Azure-trace replay through
   the real OTel SDK and the stock OTLP/HTTP exporter) paced in real time at about
   ``--calls-per-s`` calls per second, in a child process (so it does not share this
@@ -22,11 +27,13 @@ Set-up, on a temporary state dir and free ports, in the shared local broker
   (same tool, same arguments): the session detector's ``loop_warn`` (3 in a row), so
   the warning of ``session/bench-detect/<session>`` is the alert measured.
 
-Prints probes sent / alerted, P50/P95/P99/max latency, the background calls/s actually
+Prints probes sent / alerted / delivered, P50/P95/P99/max latency to the alert and to
+the webhook (with the alert readable -> webhook hop), the background calls/s actually
 sent, the worker's consumer lag (committed offsets, sampled every 2 s) and the CPU of
-each process. Never asserts timings (target: P99 < 2 s); exits 1 only if a probe was
-rejected or got no alert within 30 s. The worker and receiver are stopped and the
-worker's own topics and consumer group deleted at the end.
+each process. Never asserts timings (target: P99 < 2 s for both); exits 1 only if a
+probe was rejected, got no alert or no webhook within 30 s. The worker, notifier and
+receiver are stopped and the worker's own topics and consumer groups (the notifier's
+too) deleted at the end.
 
 Usage: ``.venv/bin/python bench/bench_detect.py [--seconds 60] [--calls-per-s 1000]
 [--probe-every 2.0]``.
@@ -51,6 +58,7 @@ import urllib.error
 import urllib.request
 import uuid
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -251,7 +259,97 @@ class CallsTail(Tail):
                 self.first.setdefault(sid, now)
 
 
+class HookReceiver:
+    """The webhook target: a ``ThreadingHTTPServer`` on a free loopback port in this
+    process, noting when each probe session's first firing alert was POSTed to it."""
+
+    def __init__(self, sessions: set[str]) -> None:
+        self.sessions = sessions           # probe session ids (shared, add-only)
+        self.first: dict[str, float] = {}  # session -> monotonic time first received
+        self.extra: dict[str, int] = {}    # session -> further firing deliveries
+        self.other = self.malformed = 0    # background alerts, undecodable bodies
+        self.lock = threading.Lock()
+        hook = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                now = time.monotonic()
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                hook.record(body, now)
+
+            def log_message(self, *_args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.thread = threading.Thread(target=self.server.serve_forever,
+                                       kwargs={"poll_interval": 0.1}, name="hook",
+                                       daemon=True)
+
+    def record(self, body: bytes, now: float) -> None:
+        try:
+            a = json.loads(body)
+        except ValueError:
+            a = None
+        with self.lock:
+            if not isinstance(a, dict):
+                self.malformed += 1
+                return
+            sid = a.get(A.SUBJECT)
+            if not (a.get(A.TENANT) == TENANT and a.get(A.SUBJECT_KIND) == "session"
+                    and sid in self.sessions and a.get(A.STATE) == A.FIRING):
+                self.other += 1
+            elif sid in self.first:
+                self.extra[sid] = self.extra.get(sid, 0) + 1
+            else:
+                self.first[sid] = now
+
+    def __enter__(self) -> HookReceiver:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_exc: Any) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 # ---------------------------------------------------------------------- processes
+
+
+@contextmanager
+def notify_process(state: Path, env: dict[str, str], hook_url: str):
+    """A real `llmspend notify` delivering tenant bench-detect's alerts to ``hook_url``
+    (target ``bench``, format webhook), logging to a file; yields once it is ready."""
+    targets = {"bench": {"format": "webhook", "url": hook_url, "tenants": TENANT}}
+    full = {**os.environ, "LLMSPEND_STATE_DIR": str(state),
+            "LLMSPEND_NOTIFY_TARGETS": json.dumps(targets), **env}
+    ready = state / "run" / "notify.ready"
+    ready.unlink(missing_ok=True)
+    log = open(state / "notify.log", "ab")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "notify"], env=full,
+                            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("notify did not start: "
+                                   + (state / "notify.log").read_text()[-3000:])
+            time.sleep(0.2)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        log.close()
 
 
 @contextmanager
@@ -411,10 +509,12 @@ def main() -> int:
             else Path(tmp)
         try:
             with worker_process(state, env) as worker, \
-                    receiver_process(state, env) as (ingest, base):
-                print(f"worker (app id {app_id}, stages {settings.stream.stages}) and "
-                      f"receiver {base} ready; {os.cpu_count()} CPUs, load average "
-                      f"{os.getloadavg()[0]:.2f} before the run")
+                    receiver_process(state, env) as (ingest, base), \
+                    HookReceiver(sessions) as hook, \
+                    notify_process(state, env, hook.url) as notifier:
+                print(f"worker (app id {app_id}, stages {settings.stream.stages}), "
+                      f"receiver {base} and notify -> {hook.url} ready; {os.cpu_count()} "
+                      f"CPUs, load average {os.getloadavg()[0]:.2f} before the run")
                 bg = None
                 if args.calls_per_s > 0:
                     bg = ctx.Process(target=_background, name="bench-detect-background",
@@ -434,7 +534,7 @@ def main() -> int:
                 tail.start()
                 calls_tail.start()
                 lag = LagSampler(settings, app_id)
-                pids = {"worker": worker.pid, "ingest": ingest.pid,
+                pids = {"worker": worker.pid, "ingest": ingest.pid, "notify": notifier.pid,
                         "generator": bg.pid if bg else None,
                         "broker": broker.status(settings).pid, "bench": os.getpid()}
                 go.set()
@@ -467,8 +567,12 @@ def main() -> int:
                 conn.close()
                 wall = time.monotonic() - w0
                 deadline = max(sent.values(), default=0) + LOST_AFTER_S
-                while set(sent) - set(tail.first) and time.monotonic() < deadline:
+                while (set(sent) - set(tail.first) or set(sent) - set(hook.first)) \
+                        and time.monotonic() < deadline:
+                    if notifier.poll() is not None and not set(sent) - set(tail.first):
+                        break  # notify died: what it did not deliver is lost
                     time.sleep(0.1)
+                notify_exit = notifier.poll()
                 cpu1 = {k: _cpu_s(v) for k, v in pids.items()}
                 lag.stop.set()
                 tail.stop.set()
@@ -483,15 +587,19 @@ def main() -> int:
                 lag.join(timeout=10)
                 tail.join(timeout=10)
                 calls_tail.join(timeout=10)
+            notify_failures = _notify_log_failures(state)  # the notifier has stopped
         finally:
             go.set()
             _cleanup_kafka(settings, app_id)
 
     lat = [(tail.first[s] - t0) * 1000 for s, t0 in sent.items() if s in tail.first]
     lost = [s for s in sent if s not in tail.first]
+    hooked = dict(hook.first)
+    dlat = [(hooked[s] - t0) * 1000 for s, t0 in sent.items() if s in hooked]
+    undelivered = [s for s in sent if s not in hooked]
     print()
     print("runaway-loop detection: POST /v1/traces answered 200 -> alert readable in "
-          "llm_alerts")
+          "llm_alerts -> webhook delivered by `llmspend notify` (receiver on loopback)")
     if bg_stats:
         s = bg_stats
         print(f"background  {s['calls']:,} calls ({s['spans']:,} spans, {s['exported']:,} "
@@ -503,7 +611,8 @@ def main() -> int:
         print("background  none")
     print(f"probes      {len(sessions)} sent over {wall:.0f} s, {len(sent)} accepted, "
           f"{len(lat)} alerted, {len(lost)} lost (no alert within {LOST_AFTER_S:.0f} s), "
-          f"{len(rejected)} rejected")
+          f"{len(rejected)} rejected; {len(dlat)} delivered by webhook, "
+          f"{len(undelivered)} lost (no webhook within {LOST_AFTER_S:.0f} s)")
     if lat:
         print(f"latency ms  P50 {_rank(lat, .50):,.0f}  P95 {_rank(lat, .95):,.0f}  "
               f"P99 {_rank(lat, .99):,.0f}  max {max(lat):,.0f}  min {min(lat):,.0f}  "
@@ -532,6 +641,27 @@ def main() -> int:
         thirds = [lat[i * len(lat) // 3:(i + 1) * len(lat) // 3] for i in range(3)]
         print("  by third  " + "  ".join(f"median {_rank(t, .5):,.0f}" for t in thirds if t)
               + "  (a rising median: the worker falls behind)")
+    if dlat:
+        print(f"delivered ms  P50 {_rank(dlat, .50):,.0f}  P95 {_rank(dlat, .95):,.0f}  "
+              f"P99 {_rank(dlat, .99):,.0f}  max {max(dlat):,.0f}  min {min(dlat):,.0f}  "
+              f"(accepted -> webhook received on loopback, n={len(dlat)}, nearest rank; "
+              f"target P99 < 2,000)")
+        hop = [(hooked[s] - tail.first[s]) * 1000 for s in sent
+               if s in hooked and s in tail.first]
+        if hop:
+            print(f"  {'alert readable -> webhook (notify)':<43} P50 {_rank(hop, .5):,.0f}  "
+                  f"P95 {_rank(hop, .95):,.0f}  P99 {_rank(hop, .99):,.0f}  "
+                  f"max {max(hop):,.0f}  min {min(hop):,.0f}")
+        slow = sorted(hooked.keys() & sent.keys(), key=lambda s: sent[s] - hooked[s])[:3]
+        print("  slowest   " + "  ".join(
+            f"{(hooked[s] - sent[s]) * 1000:,.0f} ms (sent {_clock(sent_wall[s])})"
+            for s in slow) + " UTC")
+    print(f"notify      webhook POSTs received: {len(hooked)} probe alerts, "
+          f"{sum(hook.extra.values())} repeats, {hook.other:,} other (background) alerts, "
+          f"{hook.malformed} undecodable; {notify_failures} failed delivery "
+          f"attempt(s) logged"
+          + (f"; EXITED with code {notify_exit} during the run" if notify_exit is not None
+             else ""))
     for topic, xs in lag.samples.items():
         if xs:
             print(f"worker lag  {topic:<10} committed-offset lag, {len(xs)} samples: max "
@@ -544,13 +674,25 @@ def main() -> int:
             cpu.append(f"{k} {100 * (cpu1[k] - cpu0[k]) / wall:.0f}%")
     print(f"CPU         % of one core over the probe window: {', '.join(cpu)}")
     if args.keep_logs:
-        print(f"logs        {state / 'worker.log'}, {state / 'ingest.log'}")
+        print(f"logs        {state / 'worker.log'}, {state / 'ingest.log'}, "
+              f"{state / 'notify.log'}")
     if tail.extra:
         print(f"WARNING: {len(tail.extra)} probe session(s) alerted more than once: another "
               f"worker consumes otlp_spans on this broker (its alerts may be the ones timed)")
     for r in rejected[:5]:
         print(f"rejected    {r}")
-    return 1 if lost or rejected else 0
+    for s in undelivered[:5]:
+        print(f"undelivered {s}" + ("" if s in tail.first else " (no alert either)"))
+    return 1 if lost or rejected or undelivered else 0
+
+
+def _notify_log_failures(state: Path) -> int:
+    """How many delivery attempts the notifier logged as failed (retried)."""
+    try:
+        text = (state / "notify.log").read_text(errors="replace")
+    except OSError:
+        return 0
+    return sum(1 for line in text.splitlines() if "failed (" in line)
 
 
 def _worker_metrics(port: int) -> str:
