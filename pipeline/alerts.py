@@ -16,24 +16,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from schemas import alerts as A
+from schemas.calls import parse_rfc3339 as parse_rfc3339_us
+from schemas.calls import rfc3339 as rfc3339_us
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-
-
-def rfc3339_us(us: int) -> str:
-    """Microseconds since the epoch as RFC 3339 UTC with microseconds."""
-    return (_EPOCH + dt.timedelta(microseconds=us)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def now_rfc3339() -> str:
     return (_EPOCH + dt.timedelta(milliseconds=int(time.time() * 1000))).strftime(
         "%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-
-
-def parse_rfc3339_us(text: str) -> int:
-    """RFC 3339 (as written here) back to microseconds since the epoch."""
-    t = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return (t - _EPOCH) // dt.timedelta(microseconds=1)
 
 
 @dataclass

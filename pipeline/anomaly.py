@@ -35,7 +35,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.alerts import Incident, parse_rfc3339_us
-from pipeline.detect import pico, usd
+from pipeline.callbatch import pico
+from pipeline.detect import usd
 from schemas import aggregates as G
 from schemas import alerts as A
 

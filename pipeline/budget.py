@@ -33,7 +33,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from pipeline.alerts import Incident
-from pipeline.detect import pico, time_us, usd
+from pipeline.callbatch import pico
+from pipeline.detect import time_us, usd
 from schemas import alerts as A
 from schemas import calls as C
 
@@ -89,7 +90,7 @@ def parse_budgets(limits: dict[str, Any]) -> list[Budget]:
                 raise BudgetError(f"budget {key!r}: unknown period {period!r}")
             try:
                 limit = pico(str(amount))
-            except ArithmeticError:
+            except (ArithmeticError, ValueError):
                 raise BudgetError(f"budget {key!r}: {amount!r} is not an amount") from None
             if limit <= 0:
                 raise BudgetError(f"budget {key!r}: the {period} limit must be positive")
@@ -339,5 +340,4 @@ def _day(us: int) -> str:
     return dt.datetime.fromtimestamp(us / 1e6, dt.UTC).strftime("%Y-%m-%dT%H:%M")
 
 
-def _iso(us: int) -> str:
-    return dt.datetime.fromtimestamp(us / 1e6, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+_iso = C.rfc3339

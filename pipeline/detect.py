@@ -28,7 +28,6 @@ and expire sessions (the normalise stage's heartbeat records carry those timesta
 
 from __future__ import annotations
 
-import datetime as dt
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -36,27 +35,16 @@ from operator import itemgetter
 from typing import Any
 
 from pipeline.alerts import Incident
+from pipeline.callbatch import pico
 from schemas import alerts as A
 from schemas import calls as C
 
 PICO = 10 ** 12
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 def time_us(text: str | None) -> int | None:
-    """An ``llm_calls`` RFC 3339 time as microseconds since the epoch."""
-    if not text:
-        return None
-    # fromisoformat reads "Z" (3.11+); the float of .timestamp() holds microseconds of
-    # this era exactly enough to round back (2**53 us is year 2255).
-    return round(dt.datetime.fromisoformat(text).timestamp() * 1e6)
-
-
-def pico(text: str | None) -> int:
-    """A decimal money string as exact integer pico-dollars (0 for null)."""
-    if not text:
-        return 0
-    return int(Decimal(text).scaleb(12))
+    """An ``llm_calls`` RFC 3339 time as microseconds since the epoch (None for null)."""
+    return C.parse_rfc3339(text) if text else None
 
 
 def usd(p: int) -> str:

@@ -601,19 +601,7 @@ def _ancestor_agent(i: int, cols: Mapping[str, list], index: Mapping[tuple, int]
 
 # ------------------------------------------------------------------ NDJSON and routing
 
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-_US = dt.timedelta(microseconds=1)
-
-
-def _rfc3339(us: int) -> str:
-    return (_EPOCH + us * _US).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _from_rfc3339(text: str) -> int:
-    d = dt.datetime.fromisoformat(text)
-    if d.utcoffset() != dt.timedelta(0):
-        raise ValueError(f"timestamp {text!r} is not UTC")
-    return (d - _EPOCH) // _US
+_rfc3339, _from_rfc3339 = C.rfc3339, C.parse_rfc3339
 
 
 def calls_to_ndjson(calls: pa.Table) -> list[bytes]:

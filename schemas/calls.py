@@ -12,6 +12,7 @@ digits keep every per-call cost exact; floats never hold money.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from typing import Any, NamedTuple
 
@@ -155,6 +156,24 @@ NAMES: tuple[str, ...] = tuple(c.name for c in COLUMNS)
 MONEY_COLUMNS = tuple(c.name for c in COLUMNS if c.type == MONEY)
 TIME_COLUMNS = tuple(c.name for c in COLUMNS if c.type == TIME)
 HEX_ID_COLUMNS = {CALL_ID: 32, TRACE_ID: 32, SPAN_ID: 16, PARENT_SPAN_ID: 16}
+
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_US = dt.timedelta(microseconds=1)
+
+
+def rfc3339(us: int) -> str:
+    """Microseconds since the epoch in the record's time format: RFC 3339 UTC, 6
+    fractional digits, ``Z`` (every time in llm_calls and llm_alerts)."""
+    return (_EPOCH + us * _US).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_rfc3339(text: str) -> int:
+    """An RFC 3339 time back to microseconds since the epoch (exact); UTC only."""
+    d = dt.datetime.fromisoformat(text)
+    if d.utcoffset() != dt.timedelta(0):
+        raise ValueError(f"timestamp {text!r} is not UTC")
+    return (d - _EPOCH) // _US
 
 
 def _json_type(col: Column) -> dict[str, Any]:
