@@ -148,3 +148,33 @@ def read_from(settings: Settings, start: dict[Any, int], done, timeout_s: float 
     finally:
         c.close()
     return records
+
+
+def read_to_end(settings: Settings, topic: str, partitions: list[int] | None = None,
+                timeout_s: float = 120.0) -> list[Any]:
+    """Every record of ``topic`` (or of ``partitions`` of it) from the beginning to the
+    end offsets taken at the start: how stages load a changelog or an alert log."""
+    import time
+
+    from kafka import TopicPartition
+
+    c = consumer(settings, enable_auto_commit=False)
+    records: list[Any] = []
+    try:
+        if partitions is None:
+            partitions = sorted(c.partitions_for_topic(topic) or ())
+        tps = [TopicPartition(topic, p) for p in partitions]
+        if not tps:
+            return records
+        c.assign(tps)
+        c.seek_to_beginning(*tps)
+        ends = c.end_offsets(tps)
+        deadline = time.monotonic() + timeout_s
+        while any(c.position(tp) < ends[tp] for tp in tps):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"reading {topic} to its end took over {timeout_s:.0f} s")
+            for batch in c.poll(timeout_ms=500).values():
+                records.extend(batch)
+    finally:
+        c.close()
+    return records

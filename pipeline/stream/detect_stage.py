@@ -79,53 +79,24 @@ def _headers(headers: Any) -> list[tuple[str, bytes]]:
 def read_changelog(settings: Settings, topic: str, partition: int
                    ) -> dict[str, dict[str, Any]]:
     """The latest state of every live session in one changelog partition."""
-    from kafka import TopicPartition
-
-    tp = TopicPartition(topic, partition)
-    c = clients.consumer(settings, enable_auto_commit=False)
     state: dict[str, dict[str, Any]] = {}
-    try:
-        c.assign([tp])
-        c.seek_to_beginning(tp)
-        end = c.end_offsets([tp])[tp]
-        deadline = time.monotonic() + 120
-        while c.position(tp) < end:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"reading {topic}[{partition}] took over 120 s")
-            for batch in c.poll(timeout_ms=500).values():
-                for r in batch:
-                    key = r.key.decode()
-                    if r.value is None:
-                        state.pop(key, None)
-                    else:
-                        state[key] = orjson.loads(r.value)
-    finally:
-        c.close()
+    for r in clients.read_to_end(settings, topic, [partition]):
+        key = r.key.decode()
+        if r.value is None:
+            state.pop(key, None)
+        else:
+            state[key] = orjson.loads(r.value)
     return state
 
 
 def read_alerts(settings: Settings) -> list[dict[str, Any]]:
-    """Every record still in ``llm_alerts`` (to recover window incidents)."""
-    from kafka import TopicPartition
-
-    c = clients.consumer(settings, enable_auto_commit=False)
+    """Every record still in ``llm_alerts`` (to recover incidents)."""
     out: list[dict[str, Any]] = []
-    try:
-        tps = [TopicPartition(LLM_ALERTS, p) for p in c.partitions_for_topic(LLM_ALERTS)
-               or ()]
-        c.assign(tps)
-        c.seek_to_beginning(*tps)
-        ends = c.end_offsets(tps)
-        deadline = time.monotonic() + 120
-        while any(c.position(tp) < ends[tp] for tp in tps) and time.monotonic() < deadline:
-            for batch in c.poll(timeout_ms=500).values():
-                for r in batch:
-                    try:
-                        out.append(orjson.loads(r.value))
-                    except (orjson.JSONDecodeError, TypeError):
-                        continue
-    finally:
-        c.close()
+    for r in clients.read_to_end(settings, LLM_ALERTS):
+        try:
+            out.append(orjson.loads(r.value))
+        except (orjson.JSONDecodeError, TypeError):
+            continue
     return out
 
 
@@ -301,8 +272,6 @@ class BudgetStore:
         return alerts + self.book.tick(self.clock_us)
 
     def load(self) -> None:
-        from kafka import TopicPartition
-
         admin = clients.admin_client(self.settings)
         try:
             ensure_topics(admin, [TopicSpec(self.topic, 1, cleanup_policy="compact",
@@ -310,19 +279,9 @@ class BudgetStore:
                                             .kafka.max_message_bytes)])
         finally:
             admin.close()
-        tp = TopicPartition(self.topic, 0)
-        c = clients.consumer(self.settings, enable_auto_commit=False)
         last = None
-        try:
-            c.assign([tp])
-            c.seek_to_beginning(tp)
-            end = c.end_offsets([tp])[tp]
-            deadline = time.monotonic() + 60
-            while c.position(tp) < end and time.monotonic() < deadline:
-                for batch in c.poll(timeout_ms=500).values():
-                    last = batch[-1].value or last
-        finally:
-            c.close()
+        for r in clients.read_to_end(self.settings, self.topic, [0], timeout_s=60):
+            last = r.value or last
         if last:
             state = orjson.loads(last)
             self.book.load_state(state["book"])
