@@ -37,6 +37,22 @@ def read_records(settings: Settings, start: dict[TopicPartition, int],
     return clients.read_from(settings, start, done, timeout_s)
 
 
+def alert_records(records, **fields: Any) -> list[dict]:
+    """The alert records among ``records`` (llm_alerts) whose fields equal ``fields``;
+    other tests write malformed records there on purpose, so those are skipped."""
+    import json
+
+    out = []
+    for r in records:
+        try:
+            a = json.loads(r.value)
+        except (ValueError, TypeError):
+            continue
+        if isinstance(a, dict) and all(a.get(k) == v for k, v in fields.items()):
+            out.append(a)
+    return out
+
+
 @contextmanager
 def receiver(env: dict[str, str]) -> Iterator[dict[str, str]]:
     """Run `llmspend ingest` as a real process on free ports; yields its endpoints."""

@@ -13,7 +13,13 @@ import pytest
 
 from pipeline.traffic.generator import Options, generate
 from schemas.topics import LLM_ALERTS
-from tests.integration.kafka_helpers import end_offsets, read_records, receiver, worker_process
+from tests.integration.kafka_helpers import (
+    alert_records,
+    end_offsets,
+    read_records,
+    receiver,
+    worker_process,
+)
 
 pytestmark = pytest.mark.integration
 HASH_KEY = "budget-e2e-hash-key-0123456789abcdef"
@@ -50,16 +56,7 @@ def test_budget_burn_alerts_each_threshold_once_and_projects_the_overrun(
         assert res.emitted.failed == 0
 
         def ours(records) -> list[dict]:
-            out = []
-            for r in records:
-                try:
-                    a = json.loads(r.value)
-                except ValueError:
-                    continue
-                if isinstance(a, dict) and a.get("tenant") == tenant \
-                        and a.get("detector") == "budget":
-                    out.append(a)
-            return out
+            return alert_records(records, tenant=tenant, detector="budget")
 
         read_records(kafka_settings, start, lambda r: any(
             a["evidence"].get("threshold_pct") == 100 for a in ours(r)), 120)

@@ -5,7 +5,6 @@ bad deploy is ONE spend anomaly, and the rest of the traffic raises nothing."""
 
 from __future__ import annotations
 
-import json
 import uuid
 
 import pytest
@@ -13,7 +12,13 @@ import pytest
 from pipeline.traffic.generator import Options, generate
 from schemas import alerts as A
 from schemas.topics import LLM_ALERTS
-from tests.integration.kafka_helpers import end_offsets, read_records, receiver, worker_process
+from tests.integration.kafka_helpers import (
+    alert_records,
+    end_offsets,
+    read_records,
+    receiver,
+    worker_process,
+)
 
 pytestmark = pytest.mark.integration
 HASH_KEY = "detect-e2e-hash-key-0123456789abcdef"
@@ -40,15 +45,7 @@ def test_runaway_loop_and_bad_deploy_raise_one_incident_each(kafka_settings,
         (session,) = runaway["session_ids"]
 
         def ours(records) -> list[dict]:
-            out = []
-            for r in records:
-                try:
-                    a = json.loads(r.value)
-                except ValueError:  # not ours: other tests write malformed records
-                    continue
-                if isinstance(a, dict) and a.get("tenant") == tenant:
-                    out.append(a)
-            return out
+            return alert_records(records, tenant=tenant)
 
         def done(records) -> bool:
             got = ours(records)

@@ -18,7 +18,7 @@ from pipeline.stream.normalise_stage import calls_partitions
 from schemas import alerts as A
 from schemas import calls as C
 from schemas.topics import LLM_ALERTS, LLM_CALLS
-from tests.integration.kafka_helpers import end_offsets, read_records, worker_process
+from tests.integration.kafka_helpers import alert_records, end_offsets, read_records, worker_process
 
 pytestmark = pytest.mark.integration
 
@@ -72,15 +72,7 @@ def test_a_killed_worker_resumes_the_incident_without_refiring(kafka_settings,
     start = end_offsets(kafka_settings, LLM_ALERTS)
 
     def ours(records) -> list[dict]:
-        out = []
-        for r in records:
-            try:
-                a = json.loads(r.value)
-            except ValueError:
-                continue
-            if isinstance(a, dict) and a.get(A.DEDUP_KEY) == key:
-                out.append(a)
-        return out
+        return alert_records(records, dedup_key=key)
 
     with worker_process(state, env) as first:
         _send_rounds(kafka_settings, tenant, session, 0, 4)     # 4 repeats: warning
