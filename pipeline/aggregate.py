@@ -55,6 +55,7 @@ import pyarrow as pa
 
 from pipeline import callbatch
 from pipeline.callbatch import CallBatch
+from pipeline.distinct import DistinctCount, unit_hash
 from pipeline.sketch import bucket_indices
 from schemas import aggregates as A
 from schemas import calls as C
@@ -67,7 +68,8 @@ _MONEY_LIMIT = 2**62
 # The fold loop builds view keys positionally, in this order.
 assert A.VIEW_KEYS == {A.VIEW_GROUP: (C.TENANT, C.SERVICE, C.PROVIDER, C.MODEL, C.TEAM,
                                       C.USE_CASE),
-                       A.VIEW_USER: (C.TENANT, C.TEAM, C.USER_ID)}
+                       A.VIEW_USER: (C.TENANT, C.TEAM, C.USER_ID),
+                       A.VIEW_UNIT: (C.TENANT, C.USE_CASE, C.UNIT_TYPE)}
 
 
 def is_heartbeat(headers: Iterable[tuple[str, bytes]] | None, value: bytes | None) -> bool:
@@ -151,8 +153,8 @@ def _money(p: int) -> str:
 
 def partial_record(view: str, window_start_ms: int, window_ms: int, key: tuple,
                    partition: int, late_offset: int | None, segment: int | None,
-                   sums: np.ndarray, latency: np.ndarray, ttft: np.ndarray
-                   ) -> dict[str, Any]:
+                   sums: np.ndarray, latency: np.ndarray, ttft: np.ndarray,
+                   units: DistinctCount | None = None) -> dict[str, Any]:
     """The ``llm_agg_1m`` JSON object of one partial (schema: ``schemas.aggregates``)."""
     rec: dict[str, Any] = {"agg_id": agg_id(view, window_start_ms, key, partition,
                                             late_offset, segment),
@@ -175,6 +177,11 @@ def partial_record(view: str, window_start_ms: int, window_ms: int, key: tuple,
     rec["list_cost_usd"] = _money(values[-1])
     rec["latency_buckets"] = _sparse(latency)
     rec["ttft_buckets"] = _sparse(ttft)
+    rec["units"] = rec["unit_hashes"] = None
+    if units is not None:
+        rec["units"] = units.count()
+        rec["unit_hashes"] = units.sorted_hashes()[:units.k] if units.saturated \
+            else units.sorted_hashes()
     return rec
 
 
@@ -219,6 +226,7 @@ class _Slots:
         self.latency = np.zeros((capacity, A.N_BUCKETS), np.int32)
         self.ttft = np.zeros((capacity, A.N_BUCKETS), np.int32)
         self.free = list(range(capacity - 1, -1, -1))
+        self.units: dict[int, DistinctCount] = {}   # unit-view slots: distinct units
 
     def take(self) -> int:
         if not self.free:
@@ -233,6 +241,7 @@ class _Slots:
         self.sums[slot] = 0
         self.latency[slot] = 0
         self.ttft[slot] = 0
+        self.units.pop(slot, None)
         self.free.append(slot)
 
 
@@ -306,11 +315,13 @@ class PartitionAggregator:
         cids, kinds, sessions = L[C.CALL_ID], L[C.KIND], L[C.SESSION_ID]
         tenants, services, providers = L[C.TENANT], L[C.SERVICE], L[C.PROVIDER]
         models, teams, use_cases, users = L[C.MODEL], L[C.TEAM], L[C.USE_CASE], L[C.USER_ID]
+        unit_types, unit_ids = L[C.UNIT_TYPE], L[C.UNIT_ID]
         statuses = L[C.STATUS]
         starts = b.start_ms.tolist()
         ends = (b.start_ms + np.nan_to_num(b.latency_ms, nan=0.0).astype(np.int64)).tolist()
         slot_g = [-1] * n
         slot_u = [-1] * n
+        slot_n = [-1] * n       # unit view: only calls that name a business unit
         fallback = [False] * n
         escalation = [False] * n
         late_slots: dict[tuple, int] = {}
@@ -320,7 +331,7 @@ class PartitionAggregator:
         W = cfg.window_ms
         seen, seen_get, remember = self.seen, self.seen.get, self._seen_order.append
         slots, windows_get, session_rules = self._slots, self.windows.get, self._session_rules
-        group, user, llm = A.VIEW_GROUP, A.VIEW_USER, C.KIND_LLM
+        group, user, unit, llm = A.VIEW_GROUP, A.VIEW_USER, A.VIEW_UNIT, C.KIND_LLM
         n_late = n_dup = 0
         for i in range(n):
             cid = cids[i]
@@ -340,31 +351,35 @@ class PartitionAggregator:
             kg = (group, window, (tenant, services[i], providers[i], models[i], team,
                                   use_cases[i]))
             ku = (user, window, (tenant, team, users[i]))
+            kn = (unit, window, (tenant, use_cases[i], unit_types[i])) \
+                if unit_ids[i] else None
             if window + W <= late_before or window + W <= closed_before:
                 n_late += 1
-                sg = late_slots.get(kg)
-                if sg is None:
-                    sg = late_slots[kg] = slots.take()
-                su = late_slots.get(ku)
-                if su is None:
-                    su = late_slots[ku] = slots.take()
+                for k, slot_of in ((kg, slot_g), (ku, slot_u), (kn, slot_n)):
+                    if k is not None:
+                        s = late_slots.get(k)
+                        if s is None:
+                            s = late_slots[k] = slots.take()
+                        slot_of[i] = s
             else:
-                state = windows_get(kg) or self._open(kg)
-                if state.emitted:
-                    self._stragglers.add(kg)
-                state.dirty = True
-                sg = state.slot
-                state = windows_get(ku) or self._open(ku)
-                if state.emitted:
-                    self._stragglers.add(ku)
-                state.dirty = True
-                su = state.slot
-            slot_g[i] = sg
-            slot_u[i] = su
+                for k, slot_of in ((kg, slot_g), (ku, slot_u), (kn, slot_n)):
+                    if k is not None:
+                        state = windows_get(k) or self._open(k)
+                        if state.emitted:
+                            self._stragglers.add(k)
+                        state.dirty = True
+                        slot_of[i] = state.slot
+            if kn is not None:
+                unit_sets = slots.units
+                us = unit_sets.get(slot_n[i])
+                if us is None:
+                    us = unit_sets[slot_n[i]] = DistinctCount()
+                us.add(unit_hash(unit_types[i], unit_ids[i]))
         values = self._values(b, np.array(fallback, np.bool_), np.array(escalation, np.bool_))
         lat_b = np.where(np.isnan(b.latency_ms), -1, bucket_indices(b.latency_ms))
         ttft_b = np.where(np.isnan(b.ttft_ms), -1, bucket_indices(b.ttft_ms))
-        for s in (np.array(slot_g, np.int64), np.array(slot_u, np.int64)):
+        for s in (np.array(slot_g, np.int64), np.array(slot_u, np.int64),
+                  np.array(slot_n, np.int64)):
             if not fold(slots.sums, slots.latency, slots.ttft, s, values, lat_b, ttft_b,
                         _MONEY_LIMIT):
                 raise OverflowError(f"llm_calls[{self.partition}]@{offset}: a partial's "
@@ -435,7 +450,7 @@ class PartitionAggregator:
         s = self._slots
         return partial_record(view, window, self.config.window_ms, key, self.partition,
                               late_offset, segment, s.sums[slot], s.latency[slot],
-                              s.ttft[slot])
+                              s.ttft[slot], s.units.get(slot))
 
     def _close(self, out: RecordOutput, emitting: bool) -> None:
         """Emit windows the clock closed (and re-emit stragglers' windows); forget them
@@ -520,7 +535,8 @@ def _sort_key(item: tuple) -> tuple:
 
 def merge_partials(records: Iterable[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
     """Merge partials into totals per (view, window_start, key): latest record per
-    ``agg_id`` first (re-emissions replace), then sums across partitions and late ones."""
+    ``agg_id`` first (re-emissions replace), then sums across partitions and late ones;
+    the unit view's distinct units are united (``units``: a DistinctCount)."""
     latest: dict[str, dict[str, Any]] = {}
     for r in records:
         latest[r["agg_id"]] = r
@@ -541,4 +557,7 @@ def merge_partials(records: Iterable[dict[str, Any]]) -> dict[tuple, dict[str, A
             t["latency"][p["bucket"]] += p["count"]
         for p in r["ttft_buckets"]:
             t["ttft"][p["bucket"]] += p["count"]
+        if r.get("unit_hashes") is not None:
+            t.setdefault("units", DistinctCount()).merge(
+                r["unit_hashes"], saturated=r["units"] > len(r["unit_hashes"]))
     return totals

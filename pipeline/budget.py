@@ -14,8 +14,10 @@ is simply the first to cross.
 * one ``projected`` incident per (budget, period) when the burn rate so far (spend /
   elapsed part of the period) projects past the limit before the period ends, once at
   least ``min_elapsed`` of the period has passed and the budget is not yet exhausted;
-* one ``unit_cost`` incident per (use case, period) when its cost per business unit
-  (spend / distinct ``unit_id``) is above its target after ``min_units`` units;
+* one ``unit_cost`` incident per (use case, day) when its cost per business unit (the
+  spend of its calls that name a unit / their distinct ``unit_id``) is above its target
+  once ``min_units`` units have been seen (distinct units are exact up to 8,191 a day,
+  then estimated within about 2 %: ``pipeline/distinct.py``);
 * at a period boundary the old period's open incidents resolve, and counting restarts.
 
 Money is exact (integer pico-USD). Time is the calls' event time (``start_time``); the
@@ -28,13 +30,13 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from pipeline.alerts import Incident
 from pipeline.callbatch import pico
 from pipeline.detect import time_us, usd
+from pipeline.distinct import DistinctCount, unit_hash
 from schemas import alerts as A
 from schemas import calls as C
 
@@ -120,7 +122,7 @@ class _Period:
     spent: int = 0
     first_us: int = 0
     last_us: int = 0
-    units: set[str] = field(default_factory=set)
+    units: DistinctCount = field(default_factory=DistinctCount)
     incidents: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
@@ -165,20 +167,23 @@ class BudgetBook:
             if start is None:
                 continue
             view = row.get("_view")
-            for b in self.budgets:
+            for b in self.budgets if view != "unit" else ():
                 if view is not None and (view == "user") != (b.scope == "user"):
                     continue
                 if cost and b.matches(row):
                     p = self._period(b.id, b.period, start, out)
                     if p is not None:
                         self._spend(b, p, cost, start, out)
+            unit = row.get(C.UNIT_ID)
             uc = f"{row.get(C.TENANT)}/{row.get(C.USE_CASE)}"
-            if view is None and uc in self.unit_targets:
+            if (unit or view == "unit") and view in (None, "unit") and uc in self.unit_targets:
                 p = self._period(f"unit:{uc}", "daily", start, out)
                 if p is not None:
                     p.spent += cost
-                    if row.get(C.UNIT_ID):
-                        p.units.add(row[C.UNIT_ID])
+                    if view == "unit":
+                        p.units.merge(row["_hashes"], row["_saturated"])
+                    else:
+                        p.units.add(unit_hash(row.get(C.UNIT_TYPE), unit))
                     self._unit_cost(uc, p, start, out)
         return out
 
@@ -187,17 +192,21 @@ class BudgetBook:
         a tenant, and calls are partitioned by session, while the partials of one key
         come from every partition. Tenant, team and use-case budgets read the ``group``
         view, user budgets the ``user`` view (each call is in each view once, so nothing
-        counts twice); a partial's time is its window start. Unit costs need distinct
-        unit ids, which partials do not carry: they stay with :meth:`add`."""
+        counts twice); unit costs read the ``unit`` view (a unit id seen in several
+        minutes is still one unit). A partial's time is its window start."""
         rows = []
         for p in partials:
             view = p.get("view")
-            if view not in ("group", "user") or not p.get("cost_usd"):
+            if view not in ("group", "user", "unit") or not p.get("cost_usd"):
                 continue
-            rows.append({C.TENANT: p.get("tenant"), C.TEAM: p.get("team"),
-                         C.USER_ID: p.get("user_id"), C.USE_CASE: p.get("use_case"),
-                         C.COST_USD: p["cost_usd"], C.START_TIME: p["window_start"],
-                         "_view": view})
+            row = {C.TENANT: p.get("tenant"), C.TEAM: p.get("team"),
+                   C.USER_ID: p.get("user_id"), C.USE_CASE: p.get("use_case"),
+                   C.COST_USD: p.get("cost_usd"), C.START_TIME: p["window_start"],
+                   "_view": view}
+            if view == "unit":
+                hashes = p.get("unit_hashes") or []
+                row.update(_hashes=hashes, _saturated=(p.get("units") or 0) > len(hashes))
+            rows.append(row)
         return self.add(rows)
 
     def tick(self, now_us: int) -> list[dict[str, Any]]:
@@ -269,7 +278,7 @@ class BudgetBook:
             out.append(rec)
 
     def _unit_cost(self, uc: str, p: _Period, us: int, out: list) -> None:
-        n = len(p.units)
+        n = p.units.count()
         if n < self.config.min_units:
             return
         target = self.unit_targets[uc]
@@ -285,8 +294,8 @@ class BudgetBook:
                 f"today, above its target of {usd(target)} ({n} units, {usd(p.spent)} USD).")
         rec = inc.observe(A.WARNING, "budget", text, {
             "use_case": use_case, "units": n, "spent_usd": usd(p.spent),
-            "cost_per_unit_usd": usd(per_unit), "target_usd": usd(target),
-            "period_start": _iso(p.start)}, us)
+            "units_exact": p.units.exact, "cost_per_unit_usd": usd(per_unit),
+            "target_usd": usd(target), "period_start": _iso(p.start)}, us)
         p.incidents["unit_cost"] = inc.to_state()
         if rec is not None:
             out.append(rec)
@@ -312,13 +321,14 @@ class BudgetBook:
 
     def to_state(self) -> dict[str, Any]:
         return {k: [{"start": p.start, "end": p.end, "spent": p.spent, "first": p.first_us,
-                     "last": p.last_us, "units": sorted(p.units),
+                     "last": p.last_us, "units": p.units.to_state(),
                      "incidents": p.incidents} for p in ps]
                 for k, ps in self.periods.items()}
 
     def load_state(self, state: dict[str, Any]) -> None:
         self.periods = {k: [_Period(d["start"], d["end"], d["spent"], d["first"], d["last"],
-                                    set(d["units"]), d["incidents"]) for d in ps]
+                                    DistinctCount.from_state(d["units"]), d["incidents"])
+                              for d in ps]
                         for k, ps in state.items()}
 
 
@@ -326,13 +336,16 @@ def unit_targets(table: dict[str, Any]) -> dict[str, int]:
     """``{"tenant/use_case" = "0.05"}`` -> pico-USD per unit."""
     out = {}
     for key, amount in table.items():
-        if "/" not in key:
+        tenant, _, use_case = key.partition("/")
+        if not tenant or not use_case:
             raise BudgetError(f"unit cost target {key!r}: expected tenant/use_case")
         try:
-            out[key] = int(Decimal(str(amount)).scaleb(12))
-        except ArithmeticError:
+            out[key] = pico(str(amount))
+        except (ArithmeticError, ValueError):
             raise BudgetError(f"unit cost target {key!r}: {amount!r} is not an "
                               f"amount") from None
+        if out[key] <= 0:
+            raise BudgetError(f"unit cost target {key!r}: must be positive")
     return out
 
 

@@ -26,7 +26,8 @@ from schemas import calls as C
 
 #: Key-like columns kept as Python lists (``model`` already resolved, see below).
 KEY_LISTS = (C.CALL_ID, C.KIND, C.TENANT, C.SERVICE, C.PROVIDER, C.MODEL, C.TEAM,
-             C.USE_CASE, C.USER_ID, C.SESSION_ID, C.STATUS, C.ERROR_TYPE)
+             C.USE_CASE, C.USER_ID, C.UNIT_TYPE, C.UNIT_ID, C.SESSION_ID, C.STATUS,
+             C.ERROR_TYPE)
 #: Token columns, in the order of :attr:`CallBatch.tokens`.
 TOKEN_COLUMNS = (C.INPUT_TOKENS, C.OUTPUT_TOKENS, C.CACHED_INPUT_TOKENS,
                  C.CACHE_WRITE_TOKENS, C.REASONING_TOKENS)

@@ -301,6 +301,11 @@ class BudgetSettings:
     thresholds: str = "50,80,100"
     #: Part of a period that must have passed before a projected overrun may alert.
     projection_min_elapsed: float = 0.10
+    #: ``{"acme/ticket-triage" = "0.05"}``: target USD per business unit (``unit_id``)
+    #: of a tenant's use case; a day above it alerts once.
+    unit_costs: dict = field(default_factory=dict)
+    #: Distinct units a day must have before its cost per unit is judged.
+    unit_min_units: int = 20
 
     @property
     def threshold_list(self) -> tuple[int, ...]:
@@ -529,6 +534,15 @@ def _validate(s: Settings) -> None:
             parse_budgets(b.limits)
         except BudgetError as exc:
             raise ConfigError(f"budgets.limits: {exc}") from None
+    if b.unit_costs:
+        from pipeline.budget import BudgetError, unit_targets
+
+        try:
+            unit_targets(b.unit_costs)
+        except BudgetError as exc:
+            raise ConfigError(f"budgets.unit_costs: {exc}") from None
+    if b.unit_min_units < 1:
+        raise ConfigError("budgets.unit_min_units: must be at least 1")
     if s.notify.targets:
         from pipeline.notify import parse_targets
 

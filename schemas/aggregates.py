@@ -8,9 +8,12 @@ segment boundary has one partial per segment) or the late calls of one source re
 after keeping the latest record per ``agg_id`` (a re-emission replaces its predecessor).
 
 Views: ``group`` is keyed by (tenant, service, provider, model, team, use_case); ``user``
-by (tenant, team, user_id). Key columns keep their ``llm_calls`` names; a view's other
-key columns are null. ``model`` is the catalog model that priced the call, else the
-response model, else the requested model, so unpriced traffic stays visible.
+by (tenant, team, user_id); ``unit`` by (tenant, use_case, unit_type), for the calls
+that name a business unit only, with the hashes of the distinct units they worked on
+(cost per ticket, per document; ``pipeline/distinct.py``). Key columns keep their
+``llm_calls`` names; a view's other key columns are null. ``model`` is the catalog
+model that priced the call, else the response model, else the requested model, so
+unpriced traffic stays visible.
 """
 
 from __future__ import annotations
@@ -22,13 +25,15 @@ import pyarrow as pa
 from schemas import calls as C
 from schemas.latency_buckets import N_BUCKETS, SKETCH
 
-VIEW_GROUP, VIEW_USER = "group", "user"
-VIEWS = (VIEW_GROUP, VIEW_USER)
+VIEW_GROUP, VIEW_USER, VIEW_UNIT = "group", "user", "unit"
+VIEWS = (VIEW_GROUP, VIEW_USER, VIEW_UNIT)
 VIEW_KEYS: dict[str, tuple[str, ...]] = {
     VIEW_GROUP: (C.TENANT, C.SERVICE, C.PROVIDER, C.MODEL, C.TEAM, C.USE_CASE),
     VIEW_USER: (C.TENANT, C.TEAM, C.USER_ID),
+    VIEW_UNIT: (C.TENANT, C.USE_CASE, C.UNIT_TYPE),
 }
-KEY_COLUMNS = (C.TENANT, C.SERVICE, C.PROVIDER, C.MODEL, C.TEAM, C.USE_CASE, C.USER_ID)
+KEY_COLUMNS = (C.TENANT, C.SERVICE, C.PROVIDER, C.MODEL, C.TEAM, C.USE_CASE, C.USER_ID,
+               C.UNIT_TYPE)
 
 #: Integer sums of a partial, in record order.
 COUNT_FIELDS = ("calls", "llm_calls", "tool_calls", "errors", "timeouts", "fallbacks",
@@ -39,6 +44,7 @@ COUNT_FIELDS = ("calls", "llm_calls", "tool_calls", "errors", "timeouts", "fallb
 #: Calls columns the aggregator reads.
 NEEDED_COLUMNS = [C.CALL_ID, C.KIND, C.TENANT, C.SERVICE, C.PROVIDER, C.MODEL,
                   C.REQUEST_MODEL, C.RESPONSE_MODEL, C.TEAM, C.USE_CASE, C.USER_ID,
+                  C.UNIT_TYPE, C.UNIT_ID,
                   C.SESSION_ID, C.STATUS, C.ERROR_TYPE, C.LATENCY_MS, C.INPUT_TOKENS,
                   C.OUTPUT_TOKENS, C.CACHED_INPUT_TOKENS, C.CACHE_WRITE_TOKENS,
                   C.REASONING_TOKENS, C.COST_USD, C.LIST_COST_USD, C.PRICED]
@@ -47,11 +53,13 @@ NEEDED_COLUMNS = [C.CALL_ID, C.KIND, C.TENANT, C.SERVICE, C.PROVIDER, C.MODEL,
 FIELDS: dict[str, str] = {
     "agg_id": "deterministic id of the partial (the Kafka key): view, window, key, "
               "source partition, segment or late offset",
-    "view": "`group` (tenant, service, provider, model, team, use_case) or `user` "
-            "(tenant, team, user_id)",
+    "view": "`group` (tenant, service, provider, model, team, use_case), `user` "
+            "(tenant, team, user_id) or `unit` (tenant, use_case, unit_type; only calls "
+            "that name a business unit)",
     "tenant": "key", "service": "key (group view)", "provider": "key (group view)",
     "model": "key (group view): priced catalog model, else response, else request model",
-    "team": "key", "use_case": "key (group view)", "user_id": "key (user view)",
+    "team": "key (group and user views)", "use_case": "key (group and unit views)",
+    "user_id": "key (user view)", "unit_type": "key (unit view): ticket, document...",
     "window_start": "window start, RFC 3339 UTC (event time: the calls' start_time)",
     "window_end": "window end (exclusive)",
     "source_partition": "the llm_calls partition these calls came from",
@@ -74,6 +82,11 @@ FIELDS: dict[str, str] = {
     "list_cost_usd": "exact sum of list_cost_usd (decimal string)",
     "latency_buckets": "latency sketch: [{bucket, count}] on schemas/latency_buckets.py",
     "ttft_buckets": "time-to-first-token sketch, same layout",
+    "units": "unit view: distinct business units (unit_id) the calls worked on; exact "
+             "when it equals the length of unit_hashes, else a K-minimum-values estimate",
+    "unit_hashes": "unit view: sorted 63-bit hashes of those units (all of them, or the "
+                   "4,096 smallest past 8,191); unite them across partials to count "
+                   "distinct units over any span",
 }
 
 _TIME = pa.timestamp("ms", tz="UTC")
@@ -86,7 +99,8 @@ AGG_1M = pa.schema(
        pa.field("late_offset", pa.int64())]
     + [pa.field(n, pa.int64(), False) for n in COUNT_FIELDS]
     + [pa.field("cost_usd", C.MONEY, False), pa.field("list_cost_usd", C.MONEY, False),
-       pa.field("latency_buckets", SKETCH, False), pa.field("ttft_buckets", SKETCH, False)])
+       pa.field("latency_buckets", SKETCH, False), pa.field("ttft_buckets", SKETCH, False),
+       pa.field("units", pa.int64()), pa.field("unit_hashes", pa.list_(pa.int64()))])
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
@@ -96,4 +110,4 @@ def rfc3339_ms(ms: int) -> str:
 
 
 __all__ = ["AGG_1M", "COUNT_FIELDS", "FIELDS", "KEY_COLUMNS", "N_BUCKETS", "VIEWS",
-           "VIEW_KEYS"]
+           "VIEW_KEYS", "VIEW_UNIT"]

@@ -37,7 +37,7 @@ from pipeline import clients
 from pipeline.aggregate import is_heartbeat
 from pipeline.alerts import latest_by_key
 from pipeline.anomaly import WindowDetector, WindowLimits
-from pipeline.budget import BookConfig, BudgetBook, parse_budgets
+from pipeline.budget import BookConfig, BudgetBook, parse_budgets, unit_targets
 from pipeline.config import Settings
 from pipeline.detect import SessionDetector, SessionLimits
 from pipeline.topics import TopicSpec, ensure_topics
@@ -242,9 +242,10 @@ class BudgetStore:
         b = settings.budgets
         self.settings = settings
         self.topic = f"{settings.stream.app_id}-budgets"
-        self.book = BudgetBook(parse_budgets(b.limits), config=BookConfig(
-            thresholds=b.threshold_list, tz=b.timezone,
-            min_elapsed=b.projection_min_elapsed))
+        self.book = BudgetBook(parse_budgets(b.limits), unit_targets(b.unit_costs),
+                               BookConfig(thresholds=b.threshold_list, tz=b.timezone,
+                                          min_elapsed=b.projection_min_elapsed,
+                                          min_units=b.unit_min_units))
         self.positions: dict[int, int] = {}
         self.pending: list[dict[str, Any]] = []
         self.clock_us = 0
@@ -310,7 +311,8 @@ def register_windows(app, settings: Settings) -> WindowStage:
     lookback_ms = (settings.detect.spend_baseline_minutes + 2) * 60_000 \
         * max(1, int(settings.aggregate.window_s // 60))
 
-    budgets = BudgetStore(settings) if settings.budgets.limits else None
+    budgets = BudgetStore(settings) \
+        if settings.budgets.limits or settings.budgets.unit_costs else None
 
     async def send(alerts: list[dict[str, Any]]) -> None:
         futures = [await app.producer.send(LLM_ALERTS, a["dedup_key"].encode(),

@@ -19,6 +19,9 @@ Definitions (what tests and benchmarks compare against):
   included), P95 by nearest rank: the value at rank ``ceil(0.95 * n)`` of the sorted
   latencies.
 * Breakdowns by model (the model asked for), team, use case, tenant and service.
+* **units**: per ``tenant/use_case``, the distinct business units its calls name
+  (``llmspend.unit_id``) and the list cost of those calls: the cost per unit the
+  unit-cost targets judge.
 """
 
 from __future__ import annotations
@@ -113,6 +116,7 @@ class Truth:
     latency_p95_ms: dict[str, float]
     unpriced: dict[str, int]    # reason -> LLM calls
     scenarios: list[dict[str, Any]]
+    units: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     catalog: str = ""
     format: int = FORMAT
 
@@ -151,6 +155,8 @@ class Truth:
         args["totals"] = tally(d["totals"])
         for k in ("by_model", "by_team", "by_use_case", "by_tenant", "by_service"):
             args[k] = {n: tally(t) for n, t in d[k].items()}
+        args["units"] = {k: {**u, "list_cost_usd": Decimal(u["list_cost_usd"])}
+                         for k, u in d.get("units", {}).items()}
         return cls(**args)
 
     @classmethod
@@ -184,6 +190,7 @@ def compute(p: Plan, catalog: pricing.Catalog) -> Truth:
     lat: dict[str, list[float]] = {}
     unpriced: dict[str, int] = {}
     costs: list[tuple[PlannedSpan, Decimal | None]] = []
+    units: dict[str, tuple[set[str], list[Decimal]]] = {}
     for sp in p.spans:
         if sp.call is None:
             continue
@@ -199,6 +206,11 @@ def compute(p: Plan, catalog: pricing.Catalog) -> Truth:
             groups[g].setdefault(k, Tally()).add(sp, cost)
         if sp.call.kind == "llm":
             lat.setdefault(sp.call.model, []).append(sp.latency_ms)
+        unit = sp.attributes.get("llmspend.unit_id")
+        if unit:
+            ids, cost_of = units.setdefault(f"{sp.tenant}/{sp.use_case}", (set(), [ZERO]))
+            ids.add(f"{sp.attributes.get('llmspend.unit_type')}/{unit}")
+            cost_of[0] += cost or ZERO
     copies = sum(sp.copies for sp in p.spans)
     events = [_event(e, p, costs) for e in p.events]
     o = json.loads(json.dumps(dataclasses.asdict(p.options)))   # tuples as lists
@@ -211,7 +223,10 @@ def compute(p: Plan, catalog: pricing.Catalog) -> Truth:
         by_use_case=_sorted(groups["use_case"]), by_tenant=_sorted(groups["tenant"]),
         by_service=_sorted(groups["service"]),
         latency_p95_ms={m: p95(v) for m, v in sorted(lat.items())},
-        unpriced=dict(sorted(unpriced.items())), scenarios=events, catalog=catalog.origin)
+        unpriced=dict(sorted(unpriced.items())), scenarios=events,
+        units={k: {"units": len(ids), "list_cost_usd": c[0]}
+               for k, (ids, c) in sorted(units.items())},
+        catalog=catalog.origin)
 
 
 def _sorted(d: dict[str, Tally]) -> dict[str, Tally]:

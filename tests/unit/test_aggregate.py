@@ -20,6 +20,7 @@ from pipeline.aggregate import (
     is_heartbeat,
     merge_partials,
 )
+from pipeline.distinct import DistinctCount
 from schemas import calls as C
 
 T0 = 1_764_000_000_000 - 1_764_000_000_000 % 60_000  # a minute boundary, ms
@@ -120,6 +121,41 @@ def test_timeouts_errors_unpriced_cache_hits_and_user_view():
     assert sum(v["cache_hits"] for v in by_model.values()) == 1
     users = {k[2][2]: v["calls"] for k, v in totals(parts, "user").items()}
     assert users == {"u1": 4, "u2": 1}
+
+
+def test_unit_view_sums_the_calls_that_name_a_unit_and_counts_each_unit_once():
+    agg = PartitionAggregator(0)
+
+    def unit_call(i: int, start: int, unit: str | None, cost: str) -> dict:
+        return {**call(i, start, cost=cost), C.UNIT_TYPE: "ticket" if unit else None,
+                C.UNIT_ID: unit}
+
+    rows = [unit_call(1, T0, "TCK-1", "0.01"), unit_call(2, T0, "TCK-1", "0.02"),
+            unit_call(3, T0, "TCK-2", "0.04"), unit_call(4, T0, None, "1"),
+            unit_call(5, T0 + MIN, "TCK-2", "0.01")]
+    parts = agg.add(table(rows), 0, T0).partials + agg.add(table([]), 1, T0 + 3 * MIN).partials
+    # A late call of TCK-1 gets its own partial; the merge still sees two tickets.
+    parts += agg.add(table([unit_call(6, T0, "TCK-1", "0.08")]), 2, T0 + 3 * MIN).partials
+    per_minute = {k[1]: (v["calls"], Decimal(v["cost_usd"]), v["units"].count())
+                  for k, v in totals(parts, "unit").items()}
+    assert per_minute == {parts[0]["window_start"]: (4, Decimal("0.15"), 2),
+                          _next_minute(parts[0]["window_start"]): (1, Decimal("0.01"), 1)}
+    unit_parts = [p for p in parts if p["view"] == "unit"]
+    assert all(p["units"] == len(p["unit_hashes"]) for p in unit_parts)
+    assert all(p["unit_hashes"] is None for p in parts if p["view"] != "unit")
+    day = DistinctCount()
+    for p in unit_parts:
+        day.merge(p["unit_hashes"])
+    assert day.count() == 2                # TCK-2 worked on in two minutes: one ticket
+    (group,) = [v for k, v in totals(parts).items() if k[1] == parts[0]["window_start"]]
+    assert group["calls"] == 5            # the call without a unit still counts
+
+
+def _next_minute(rfc3339: str) -> str:
+    from pipeline.detect import time_us
+    from schemas.aggregates import rfc3339_ms
+
+    return rfc3339_ms(time_us(rfc3339) // 1000 + MIN)
 
 
 def test_fallback_and_escalation_rules():

@@ -118,6 +118,36 @@ def test_unit_cost_breach_alerts_once_per_period():
     assert alerts[0]["evidence"]["units"] == 5
 
 
+def test_unit_cost_reads_the_unit_view_and_a_unit_seen_twice_is_one_unit():
+    from pipeline.distinct import unit_hash
+    from schemas.aggregates import rfc3339_ms
+
+    b = BudgetBook([], unit_targets({"acme/triage": "0.05"}), BookConfig(min_units=4))
+    ms = int(T0.timestamp() * 1000)
+
+    def minute(m: int, cost: str, tickets: range, **over) -> dict:
+        hashes = sorted(unit_hash("ticket", f"TCK-{i}") for i in tickets)
+        return {"view": "unit", "tenant": "acme", "use_case": "triage",
+                "unit_type": "ticket", "window_start": rfc3339_ms(ms + m * 60_000),
+                "cost_usd": cost, "units": len(hashes), "unit_hashes": hashes, **over}
+
+    # Four tickets worked on in two minutes: 0.16 USD for 4 tickets, not 8.
+    assert b.add_partials([minute(0, "0.08", range(4)), minute(1, "0.08", range(4))]) == []
+    # Other views and other use cases never count; a fifth, costly ticket breaches.
+    out = b.add_partials([minute(2, "5", range(9, 20), view="group"),
+                          minute(2, "5", range(9, 20), use_case="other"),
+                          minute(2, "0.20", range(4, 5))])
+    (alert,) = out
+    ev = alert["evidence"]
+    assert (ev["units"], ev["spent_usd"], ev["cost_per_unit_usd"]) == (5, "0.360000",
+                                                                       "0.072000")
+    assert ev["units_exact"] and alert["subject_kind"] == "use_case"
+    assert b.add_partials([minute(3, "1", range(5, 6))]) == []      # once per day
+    nxt = dt.datetime(2026, 3, 3, 0, 1, tzinfo=dt.UTC)
+    resolved = b.add([row(nxt, "0.01", unit="TCK-1")])
+    assert [a["state"] for a in resolved] == ["resolved"]
+
+
 def test_state_round_trips_and_a_restart_does_not_realert():
     limits = {"team:acme/support": {"daily": "10"}}
     b = book(limits, min_elapsed=1.0)
@@ -142,6 +172,13 @@ def test_state_round_trips_and_a_restart_does_not_realert():
 def test_bad_budget_definitions_are_rejected_with_their_name(limits):
     with pytest.raises(BudgetError, match=next(iter(limits)).split(":")[0]):
         parse_budgets(limits)
+
+
+@pytest.mark.parametrize("targets", [{"acme": "0.05"}, {"acme/triage": "cheap"},
+                                     {"acme/triage": "0"}, {"/triage": "1"}])
+def test_bad_unit_cost_targets_are_rejected_with_their_name(targets):
+    with pytest.raises(BudgetError, match=next(iter(targets))):
+        unit_targets(targets)
 
 
 def test_partials_count_each_call_once_per_budget_level():

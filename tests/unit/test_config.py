@@ -61,6 +61,9 @@ def test_missing_config_file_named_by_env_is_an_error(tmp_path):
     ({"LLMSPEND_KAFKA_SECURITY_PROTOCOL": "TLS"}, "security_protocol"),
     ({"LLMSPEND_KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}, "sasl_mechanism"),
     ({"LLMSPEND_KAFKA_SASL_MECHANISM": "GSSAPI"}, "sasl_mechanism"),
+    ({"LLMSPEND_BUDGETS_LIMITS": '{"team:acme": {"daily": "1"}}'}, "budgets.limits"),
+    ({"LLMSPEND_BUDGETS_UNIT_COSTS": '{"acme": "0.05"}'}, "budgets.unit_costs"),
+    ({"LLMSPEND_BUDGETS_UNIT_MIN_UNITS": "0"}, "unit_min_units"),
 ])
 def test_bad_values_raise_config_error_naming_the_setting(env, message, tmp_path,
                                                           monkeypatch):
