@@ -34,53 +34,23 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
-from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
-from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from pipeline import callbatch, otlp, sketch
+from pipeline import callbatch, sketch
 from pipeline.aggregate import AggregateConfig, PartitionAggregator, merge_partials
 from pipeline.config import load_settings
-from pipeline.stream.normalise_stage import NormaliseStage
-from pipeline.traffic import emit as emit_mod
-from pipeline.traffic.plan import Options, plan
+from pipeline.traffic.offline import llm_calls_records
+from pipeline.traffic.plan import Options
 from schemas.topics import LLM_CALLS
 
 PARTITIONS = 6
 ROOT = Path(__file__).resolve().parent.parent
 
 
-class _Collect(SpanExporter):
-    """Keeps each export as the OTLP protobuf bytes an exporter would send."""
-
-    def __init__(self) -> None:
-        self.requests: list[bytes] = []
-
-    def export(self, spans):
-        self.requests.append(encode_spans(spans).SerializeToString())
-        return SpanExportResult.SUCCESS
-
-    def shutdown(self) -> None:
-        pass
-
-
 def build_records(n_calls: int, settings) -> list[tuple[int, int, bytes]]:
     """(partition, record timestamp ms, NDJSON body) in the order the stage writes them."""
     opts = Options(seed=7, calls=n_calls, start_time_ns=1_764_000_000 * 10**9,
                    tenants=("acme", "globex"))
-    p = plan(opts)
-    sinks = {t: _Collect() for t in opts.tenants}
-    emit_mod.emit(p, sinks, max_rate=True)
-    stage = NormaliseStage(settings, PARTITIONS)
-    records = []
-    for tenant, sink in sinks.items():
-        for i, req in enumerate(sink.requests):
-            res = stage.process(req, [(otlp.TENANT_HEADER, tenant.encode())], 0, i)
-            for part, body in res.outputs:
-                b = callbatch.from_ndjson(body)
-                ends = b.start_ms + np.nan_to_num(b.latency_ms).astype(np.int64)
-                records.append((part, int(ends.max()) + 1000, body))
-    records.sort(key=lambda r: r[1])
-    return records
+    return llm_calls_records(opts, settings, PARTITIONS)
 
 
 def kernel(records, cfg: AggregateConfig):

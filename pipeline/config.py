@@ -164,9 +164,10 @@ class StreamSettings:
     #: Port of the worker's Prometheus ``/metrics`` (0: off).
     metrics_port: int = 9465
     #: Stages the worker runs, comma-separated: ``normalise``, ``aggregate``,
-    #: ``detect`` (session detectors, partitioned) and ``detect_windows`` (detectors on
-    #: closed windows; they read every llm_agg_1m partition, so run them on ONE worker).
-    stages: str = "normalise,aggregate,detect,detect_windows"
+    #: ``detect`` (session detectors, partitioned), ``detect_windows`` (detectors on
+    #: closed windows; they read every llm_agg_1m partition, so run them on ONE worker)
+    #: and ``lake`` (the Parquet sink).
+    stages: str = "normalise,aggregate,detect,detect_windows,lake"
 
     @property
     def stage_set(self) -> frozenset[str]:
@@ -312,6 +313,23 @@ class BudgetSettings:
         return tuple(sorted(int(x) for x in self.thresholds.split(",") if x.strip()))
 
 
+@dataclass(frozen=True)
+class LakeSettings:
+    """The Parquet lake sink (pipeline/lake.py; the ``lake`` stage of the worker)."""
+
+    #: Datasets landed, comma-separated: ``calls``, ``agg_1m``, ``alerts``.
+    datasets: str = "calls,agg_1m,alerts"
+    #: Flush a dataset's buffer when its oldest record has waited this long (data is
+    #: queryable within about this time).
+    flush_s: float = 60.0
+    #: ... or when its buffered record bytes reach this size.
+    flush_mb: float = 128.0
+
+    @property
+    def dataset_list(self) -> tuple[str, ...]:
+        return tuple(x.strip() for x in self.datasets.split(",") if x.strip())
+
+
 _SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 _SASL_MECHANISMS = ("", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
@@ -343,6 +361,7 @@ class Settings:
     detect: DetectSettings = field(default_factory=DetectSettings)
     notify: NotifySettings = field(default_factory=NotifySettings)
     budgets: BudgetSettings = field(default_factory=BudgetSettings)
+    lake: LakeSettings = field(default_factory=LakeSettings)
 
     @property
     def broker_dir(self) -> Path:
@@ -480,7 +499,8 @@ def _validate(s: Settings) -> None:
     if s.stream.auto_offset_reset not in ("earliest", "latest"):
         raise ConfigError("stream.auto_offset_reset: expected earliest or latest, got "
                           f"{s.stream.auto_offset_reset!r}")
-    unknown = s.stream.stage_set - {"normalise", "aggregate", "detect", "detect_windows"}
+    unknown = s.stream.stage_set - {"normalise", "aggregate", "detect", "detect_windows",
+                                    "lake"}
     if unknown:
         raise ConfigError(f"stream.stages: unknown stage(s) {', '.join(sorted(unknown))}")
     a = s.aggregate
@@ -543,6 +563,14 @@ def _validate(s: Settings) -> None:
             raise ConfigError(f"budgets.unit_costs: {exc}") from None
     if b.unit_min_units < 1:
         raise ConfigError("budgets.unit_min_units: must be at least 1")
+    from schemas.lake import DATASETS
+
+    bad = set(s.lake.dataset_list) - set(DATASETS)
+    if bad or not s.lake.dataset_list:
+        raise ConfigError(f"lake.datasets: expected some of {', '.join(DATASETS)}, got "
+                          f"{s.lake.datasets!r}")
+    if s.lake.flush_s <= 0 or s.lake.flush_mb <= 0:
+        raise ConfigError("lake.flush_s and lake.flush_mb must be positive")
     if s.notify.targets:
         from pipeline.notify import parse_targets
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+import pyarrow as pa
+
 # Field names (import these rather than repeating the strings).
 ID = "id"
 DEDUP_KEY = "dedup_key"
@@ -126,3 +128,12 @@ def validate(record: dict[str, Any]) -> list[str]:
             record.get(FIRST_SEEN, "")):
         problems.append("id does not match (dedup_key, state, severity, first_seen)")
     return problems
+
+
+
+_TS = pa.timestamp("us", tz="UTC")
+_REQUIRED = {ID, DEDUP_KEY, SEVERITY, DETECTOR, SUBJECT_KIND, STATE, EMITTED_AT}
+#: An alert row in the lake's ``alerts`` dataset: the record's fields in order, the
+#: three times parsed to timestamps and ``evidence`` kept as JSON text.
+ARROW = pa.schema([pa.field(n, _TS if n in (FIRST_SEEN, LAST_SEEN, EMITTED_AT)
+                            else pa.string(), nullable=n not in _REQUIRED) for n in NAMES])

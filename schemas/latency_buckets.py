@@ -9,7 +9,7 @@ and bucket ``MAX_BUCKET`` (about 1 h) also everything above it (clamped).
 Because the layout is fixed, sketches from partitions, minutes and workers merge by
 adding counts per bucket, and a quantile over any slice is exact with respect to the
 sketch. Sketches are stored as a list of ``{bucket, count}`` structs so DuckDB can
-re-aggregate them (see :data:`SQL_MACROS`).
+re-aggregate them (the macros in ``schemas/sql/macros.sql`` use these constants).
 
 Quantile definition (identical in numba, SQL and tests): the **lower nearest rank**, the
 value at 0-based rank ``floor(q * (n - 1))`` of the sorted values, reported as the
@@ -48,19 +48,3 @@ def representative(bucket: int) -> float:
         return MIN_MS
     return 2 * GAMMA ** min(bucket, MAX_BUCKET) / (GAMMA + 1)
 
-
-#: DuckDB macros over stored sketches (created by the analytics layer with these names).
-SQL_MACROS = f"""
-CREATE OR REPLACE MACRO llmspend_bucket_value(b) AS
-    CASE WHEN b <= 0 THEN {MIN_MS}
-         ELSE 2 * pow({GAMMA!r}, least(b, {MAX_BUCKET})) / ({GAMMA!r} + 1) END;
--- Quantile q of a sketch given as a list of {{bucket, count}} (lower nearest rank).
-CREATE OR REPLACE MACRO llmspend_sketch_quantile(sketch, q) AS (
-    WITH b AS (SELECT u.bucket AS bucket, sum(u.count) AS n
-               FROM (SELECT unnest(sketch) AS u) GROUP BY u.bucket),
-         c AS (SELECT bucket, sum(n) OVER (ORDER BY bucket) AS cum, sum(n) OVER () AS total
-               FROM b)
-    SELECT llmspend_bucket_value(min(bucket)) FROM c
-    WHERE cum > floor(q * (total - 1))
-);
-"""

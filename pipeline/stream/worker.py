@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 from pipeline.config import Settings
-from pipeline.stream import aggregate_stage, detect_stage, normalise_stage
+from pipeline.stream import aggregate_stage, detect_stage, lake_stage, normalise_stage
 from pipeline.stream.app import create_app
 
 
@@ -28,8 +28,9 @@ def build(settings: Settings):
                 else None)
     windows = (detect_stage.register_windows(app, settings) if "detect_windows" in stages
                else None)
+    sink = lake_stage.register(app, settings) if "lake" in stages else None
     if settings.stream.metrics_port:
-        _serve_metrics(app, settings, agg, sessions, windows)
+        _serve_metrics(app, settings, agg, sessions, windows, sink)
     marker = ready_file(settings)
 
     @app.on_rebalance_complete.connect
@@ -46,13 +47,16 @@ def build(settings: Settings):
                 await asyncio.wait_for(windows.positioned.wait(), 60)
             except TimeoutError:
                 logging.getLogger(__name__).warning("window detectors not positioned")
+        if sink is not None and not await asyncio.get_running_loop().run_in_executor(
+                None, sink.ready.wait, 60):
+            logging.getLogger(__name__).warning("lake sink not positioned")
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text("ready\n")
 
     return app
 
 
-def _serve_metrics(app, settings: Settings, agg, sessions, windows) -> None:
+def _serve_metrics(app, settings: Settings, agg, sessions, windows, sink) -> None:
     """Prometheus /metrics of the worker (consumer lag, calls, dedup drops, late calls,
     window emissions, detector counts), on its own small aiohttp server."""
     from aiohttp import web
@@ -67,7 +71,7 @@ def _serve_metrics(app, settings: Settings, agg, sessions, windows) -> None:
                 if hw is not None:
                     highwater[tp.partition] = hw
         text = agg.metrics(highwater) if agg is not None else ""
-        for stage in (sessions, windows):
+        for stage in (sessions, windows, sink):
             if stage is not None:
                 text += "\n".join(stage.metrics()) + "\n"
         return web.Response(text=text, content_type="text/plain")

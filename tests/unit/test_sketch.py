@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline import sketch
+from pipeline.analytics import macros_sql
 from schemas import latency_buckets as L
 
 
@@ -88,7 +89,7 @@ def test_duckdb_macro_gives_the_same_quantiles_as_numba():
     sketch.accumulate(counts, np.zeros(len(values), np.int64), values,
                       np.ones(len(values), np.bool_))
     con = duckdb.connect()
-    con.execute(L.SQL_MACROS)
+    con.execute(macros_sql())
     pairs = sketch.sparse(counts[0])
     half = len(pairs) // 2
     # Two rows (two partials) re-aggregated in SQL, as analysts would.
@@ -99,3 +100,10 @@ def test_duckdb_macro_gives_the_same_quantiles_as_numba():
             "SELECT llmspend_sketch_quantile(flatten(list(latency_buckets)), ?) FROM partials",
             [q]).fetchone()
         assert math.isclose(sql, sketch.quantile(counts[0], q), rel_tol=1e-12)
+    # The SQL bucket of each raw value is the numba bucket, so quantiles of raw
+    # latencies in SQL equal the sketch's.
+    con.execute("CREATE TABLE raw(ms DOUBLE)")
+    con.executemany("INSERT INTO raw VALUES (?)", [[float(v)] for v in values[:2000]])
+    sql_buckets = [b for (b,) in con.execute(
+        "SELECT llmspend_latency_bucket(ms) FROM raw").fetchall()]
+    assert sql_buckets == sketch.bucket_indices(values[:2000]).tolist()

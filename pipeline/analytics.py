@@ -1,0 +1,88 @@
+"""DuckDB over the lake: a connection with llmspend's views and macros loaded.
+
+    from pipeline.analytics import connect
+    con = connect()                       # the configured data dir (LLMSPEND_DATA_DIR)
+    con.sql("SELECT team, sum(cost_usd) FROM calls GROUP BY team").show()
+
+The views (``schemas/sql/views.sql``) read the Parquet files at query time, so a
+connection kept open sees new flushes; a dataset with no file yet reads as an empty
+table of the right shape.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+
+from schemas import aggregates as G
+from schemas import lake as L
+from schemas import latency_buckets as LB
+
+SQL_DIR = Path(__file__).resolve().parents[1] / "schemas" / "sql"
+VIEWS = ("calls", "agg_1m", "agg_1m_partials", "alerts", "alert_events")
+
+
+def macros_sql() -> str:
+    """``schemas/sql/macros.sql`` with the latency layout's constants filled in."""
+    return _fill((SQL_DIR / "macros.sql").read_text(), min_ms=repr(LB.MIN_MS),
+                 max_bucket=str(LB.MAX_BUCKET), log_gamma=repr(LB.LOG_GAMMA),
+                 gamma=repr(LB.GAMMA))
+
+
+def _fill(sql: str, **values: str) -> str:
+    """Replace ``{name}`` placeholders (SQL's own braces, struct literals, stay)."""
+    for k, v in values.items():
+        sql = sql.replace("{" + k + "}", v)
+    return sql
+
+
+def _source(con: duckdb.DuckDBPyConnection, data_dir: Path, ds: L.Dataset) -> str:
+    """The relation a view reads: the dataset's files, or an empty typed table."""
+    if any((data_dir / ds.name).rglob("*.parquet")):
+        hive = ", ".join(f"'{k}': {v}" for k, v in L.HIVE_TYPES.items()
+                         if k != "hour" or ds.hourly)
+        glob = ds.glob(str(data_dir)).replace("'", "''")
+        return (f"read_parquet('{glob}', hive_partitioning = true, "
+                f"hive_types = {{{hive}}}, union_by_name = true)")
+    empty = ds.schema.empty_table()
+    empty = empty.append_column("dt", pa.array([], pa.date32()))
+    if ds.hourly:
+        empty = empty.append_column("hour", pa.array([], pa.int32()))
+    name = f"_llmspend_empty_{ds.name}"
+    con.register(name, empty)
+    return name
+
+
+def views_sql(con: duckdb.DuckDBPyConnection, data_dir: Path) -> str:
+    keys = ", ".join(G.KEY_COLUMNS)
+    sums = ",\n       ".join(f"sum({n})::BIGINT AS {n}" for n in G.COUNT_FIELDS)
+    return _fill(
+        (SQL_DIR / "views.sql").read_text(),
+        calls_source=_source(con, data_dir, L.CALLS),
+        agg_1m_source=_source(con, data_dir, L.AGG_1M),
+        alerts_source=_source(con, data_dir, L.ALERTS),
+        agg_keys=keys, agg_count_sums=sums)
+
+
+def load(con: duckdb.DuckDBPyConnection, data_dir: str | Path) -> None:
+    """(Re)create the macros and views on ``con`` for the lake at ``data_dir`` (run it
+    again after the first file of a dataset appears, to switch from the empty table)."""
+    con.execute(macros_sql())
+    con.execute(views_sql(con, Path(data_dir)))
+
+
+def connect(data_dir: str | Path | None = None, database: str = ":memory:",
+            threads: int | None = None) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with the views and macros over the lake at ``data_dir``
+    (default: the configured one)."""
+    if data_dir is None:
+        from pipeline.config import load_settings
+
+        data_dir = load_settings().lake_dir
+    con = duckdb.connect(database)
+    if threads:
+        con.execute(f"SET threads = {int(threads)}")
+    load(con, data_dir)
+    return con

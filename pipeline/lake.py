@@ -1,0 +1,262 @@
+"""Landing topic records in the Parquet lake, each row exactly once (the pure core).
+
+Three steps, each a function the sink (``pipeline/stream/lake_stage.py``) calls:
+
+1. :func:`decode` turns a batch of one topic's records into one Arrow table in the
+   dataset's schema (``schemas/lake.py``), plus the records it had to reject and why
+   (a malformed record never takes its neighbours down with it);
+2. :func:`split` cuts the table into hive partitions (tenant, day, hour);
+3. :class:`PartitionWriter` lands one source partition's offset range ``[start, end)``
+   with a redo protocol, so that whatever the crash point every row is in the lake
+   exactly once and no view ever sees a half-written file:
+
+   a. write every file of the flush under a temporary name (``*.parquet.tmp``, never
+      globbed by a view) and fsync it;
+   b. **commit**: atomically replace the partition's state file
+      ``_lake/<dataset>/p<N>.json`` with ``next_offset = end`` and the list of renames
+      still to do;
+   c. rename each temporary file to its final name (``part-p<N>-o<start>-<end>``) and
+      fsync the directory.
+
+   On start (:meth:`PartitionWriter.recover`) the renames of a committed flush are
+   redone if a crash interrupted them, temporary files of an uncommitted flush are
+   deleted, and reading resumes at ``next_offset``: rows before it are in the lake,
+   rows after it are not, so nothing is lost or doubled. The Kafka consumer offsets are
+   only committed for lag monitoring; the lake's own state is the truth.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pj
+
+from pipeline.lake_fs import LakeFS
+from schemas import alerts as A
+from schemas import calls as C
+from schemas import lake as L
+
+
+@dataclass
+class Decoded:
+    """What a batch of records became: rows, and the records rejected with a reason."""
+
+    table: pa.Table
+    bad: list[tuple[int, int, str]] = field(default_factory=list)  # partition, offset, why
+
+
+#: One Kafka record as the sink sees it: (partition, offset, value).
+Record = tuple[int, int, bytes | None]
+
+
+def decode(dataset: L.Dataset, records: list[Record]) -> Decoded:
+    """Rows of ``records`` (one topic) in ``dataset.schema``. Empty values (heartbeats,
+    tombstones) hold no rows; a record that does not decode is rejected whole."""
+    if dataset is L.ALERTS:
+        return _decode_alerts(records)
+    live = [(p, o, v.strip()) for p, o, v in records if v and v.strip()]
+    if not live:
+        return Decoded(dataset.schema.empty_table())
+    try:                                      # fast path: the whole batch in one parse
+        return Decoded(_read_ndjson(dataset, live))
+    except (pa.ArrowInvalid, ValueError):
+        pass
+    tables, bad = [], []
+    for rec in live:                          # isolate the bad record(s)
+        try:
+            tables.append(_read_ndjson(dataset, [rec]))
+        except (pa.ArrowInvalid, ValueError) as exc:
+            bad.append((rec[0], rec[1], f"{dataset.topic} record does not decode: "
+                                        f"{str(exc)[:300]}"))
+    table = pa.concat_tables(tables) if tables else dataset.schema.empty_table()
+    return Decoded(table, bad)
+
+
+def _read_ndjson(dataset: L.Dataset, live: list[tuple[int, int, bytes]]) -> pa.Table:
+    """One Arrow parse of the records' lines (NDJSON with the schema's field names)."""
+    lines = [v.count(b"\n") + 1 for _p, _o, v in live]
+    body = b"\n".join(v for _p, _o, v in live)
+    schema = dataset.record_schema
+    t = pj.read_json(io.BytesIO(body), read_options=pj.ReadOptions(block_size=1 << 24),
+                     parse_options=pj.ParseOptions(explicit_schema=schema,
+                                                   unexpected_field_behavior="error"))
+    if t.num_rows != sum(lines):
+        raise ValueError(f"{t.num_rows} rows from {sum(lines)} lines (blank lines?)")
+    for f in schema:
+        if not f.nullable and t.column(f.name).null_count:
+            raise ValueError(f"{f.name} is null or missing")
+    missing = set(schema.names) - _present_fields(body)
+    if missing:
+        raise ValueError(f"missing fields: {sorted(missing)[:5]}")
+    parts = pa.array([p for (p, _o, _v), n in zip(live, lines, strict=True) for _ in range(n)],
+                     pa.int32())
+    offs = pa.array([o for (_p, o, _v), n in zip(live, lines, strict=True) for _ in range(n)],
+                    pa.int64())
+    t = t.select(schema.names).cast(schema)
+    return t.append_column(L.SOURCE_FIELDS[0], parts).append_column(L.SOURCE_FIELDS[1], offs)
+
+
+def _present_fields(body: bytes) -> set[str]:
+    """Field names of the first line (every line of a producer has the same keys)."""
+    first = body.split(b"\n", 1)[0]
+    obj = orjson.loads(first)
+    return set(obj) if isinstance(obj, dict) else set()
+
+
+def _decode_alerts(records: list[Record]) -> Decoded:
+    rows, bad = [], []
+    for p, o, v in records:
+        if not v:
+            continue
+        try:
+            a = orjson.loads(v)
+            problems = A.validate(a) if isinstance(a, dict) else ["not an object"]
+            if problems:
+                raise ValueError("; ".join(problems[:3]))
+            row = dict(a)
+            row[A.EVIDENCE] = orjson.dumps(a[A.EVIDENCE], option=orjson.OPT_SORT_KEYS
+                                           ).decode()
+            for name in (A.FIRST_SEEN, A.LAST_SEEN, A.EMITTED_AT):
+                row[name] = C.parse_rfc3339(a[name]) if a.get(name) else None
+            row[L.KAFKA_PARTITION], row[L.KAFKA_OFFSET] = p, o
+            rows.append(row)
+        except (ValueError, TypeError, KeyError) as exc:
+            bad.append((p, o, f"llm_alerts record is not an alert: {str(exc)[:300]}"))
+    table = pa.Table.from_pylist(rows, schema=L.ALERTS.schema) if rows \
+        else L.ALERTS.schema.empty_table()
+    return Decoded(table, bad)
+
+
+def split(dataset: L.Dataset, table: pa.Table) -> dict[str, pa.Table]:
+    """The rows of each hive partition (relative directory -> rows sorted by time)."""
+    if table.num_rows == 0:
+        return {}
+    ts = table.column(dataset.time_column)
+    if ts.type != pa.timestamp("us", tz="UTC"):
+        ts = ts.cast(pa.timestamp("us", tz="UTC"))
+    day = pc.strftime(ts, format="%Y-%m-%d")
+    parts = [table.column(C.TENANT), day]
+    if dataset.hourly:
+        parts.append(pc.strftime(ts, format="%H"))
+    key = pc.binary_join_element_wise(*parts, "\x1f")
+    codes = pc.dictionary_encode(key).combine_chunks()
+    out = {}
+    for i, value in enumerate(codes.dictionary.to_pylist()):
+        rows = table.filter(pc.equal(codes.indices, i))
+        rows = rows.sort_by([(dataset.time_column, "ascending"), (L.KAFKA_OFFSET, "ascending")])
+        tenant, d, *hour = value.split("\x1f")
+        rel = L.partition_dir(dataset, tenant, dt.date.fromisoformat(d),
+                              int(hour[0]) if hour else None)
+        out[rel] = rows
+    return out
+
+
+Hook = Callable[[str], None]
+
+
+class PartitionWriter:
+    """Lands the offset ranges of one source partition of one dataset (module docstring:
+    the protocol). ``hook(step)`` is called after each step ("temps", "state", "rename",
+    "renamed"): the crash tests kill the process there."""
+
+    def __init__(self, fs: LakeFS, dataset: L.Dataset, partition: int,
+                 hook: Hook | None = None) -> None:
+        self.fs = fs
+        self.dataset = dataset
+        self.partition = partition
+        self.hook = hook or (lambda _step: None)
+        self.state_rel = f"{L.STATE_DIR}/{dataset.name}/p{partition}.json"
+        self.next_offset: int | None = None
+        self.rows = 0
+        self.files = 0
+
+    def recover(self) -> int | None:
+        """Finish a committed flush, drop an uncommitted one; the next offset to land
+        (None: nothing landed yet, start from the topic's beginning)."""
+        state = self._state()
+        for tmp, final in state.get("pending", []):
+            if self.fs.exists(tmp):
+                self.fs.commit(tmp, final)
+        for rel in self.fs.list(self.dataset.name, ".parquet" + L.TMP_SUFFIX):
+            parsed = L.parse_file_name(rel.rsplit("/", 1)[-1][:-len(L.TMP_SUFFIX)])
+            if parsed and parsed[0] == self.partition:
+                self.fs.remove(rel)
+        self.next_offset = state.get("next_offset")
+        self.rows, self.files = state.get("rows", 0), state.get("files", 0)
+        return self.next_offset
+
+    def flush(self, start: int, end: int, parts: dict[str, pa.Table]) -> list[str]:
+        """Land offsets ``[start, end)`` whose rows are ``parts`` (from :func:`split`);
+        the final paths written."""
+        if end <= start:
+            raise ValueError(f"empty offset range [{start}, {end})")
+        name = L.file_name(self.partition, start, end)
+        pending = []
+        for rel_dir, table in sorted(parts.items()):
+            final = f"{rel_dir}/{name}"
+            tmp = final + L.TMP_SUFFIX
+            self.fs.write_parquet(tmp, table)
+            pending.append((tmp, final))
+        self.hook("temps")
+        rows = sum(t.num_rows for t in parts.values())
+        self.fs.replace_text(self.state_rel, json.dumps({
+            "dataset": self.dataset.name, "partition": self.partition,
+            "next_offset": end, "pending": pending, "last_flush": [start, end],
+            "rows": self.rows + rows, "files": self.files + len(pending)}))
+        self.next_offset, self.rows, self.files = end, self.rows + rows, \
+            self.files + len(pending)
+        self.hook("state")
+        for tmp, final in pending:
+            self.fs.commit(tmp, final)
+            self.hook("rename")
+        self.hook("renamed")
+        return [final for _tmp, final in pending]
+
+    def _state(self) -> dict[str, Any]:
+        text = self.fs.read_text(self.state_rel)
+        return json.loads(text) if text else {}
+
+
+def committed(fs: LakeFS, dataset: L.Dataset) -> dict[int, int]:
+    """Next offset to land per source partition, from the lake's state files."""
+    out = {}
+    for rel in fs.list(f"{L.STATE_DIR}/{dataset.name}", ".json"):
+        text = fs.read_text(rel)
+        if text:
+            s = json.loads(text)
+            out[int(s["partition"])] = int(s["next_offset"])
+    return out
+
+
+def land(fs: LakeFS, dataset: L.Dataset, records: Iterable[Record],
+         writers: dict[int, PartitionWriter] | None = None) -> Decoded:
+    """Decode, split and flush ``records`` of one dataset in one go per source partition
+    (the sink buffers, this is the flush; tests and the benchmark call it directly)."""
+    by_part: dict[int, list[Record]] = {}
+    for r in records:
+        by_part.setdefault(r[0], []).append(r)
+    writers = writers if writers is not None else {}
+    tables, bad = [], []
+    for part, recs in sorted(by_part.items()):
+        w = writers.get(part)
+        if w is None:
+            w = writers[part] = PartitionWriter(fs, dataset, part)
+            w.recover()
+        if w.next_offset is not None:
+            recs = [r for r in recs if r[1] >= w.next_offset]   # landed before
+        if not recs:
+            continue
+        d = decode(dataset, recs)
+        w.flush(recs[0][1], recs[-1][1] + 1, split(dataset, d.table))
+        tables.append(d.table)
+        bad += d.bad
+    table = pa.concat_tables(tables) if tables else dataset.schema.empty_table()
+    return Decoded(table, bad)

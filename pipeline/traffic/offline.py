@@ -1,0 +1,73 @@
+"""Generator traffic turned into topic records without a broker: what the normalise
+and aggregate stages would write for a plan. Benchmarks and lake tests start here so
+they measure and check real records (real OTLP through the OpenTelemetry SDK, the real
+normaliser and aggregator), not hand-made ones."""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+from pipeline import callbatch, otlp
+from pipeline.aggregate import AggregateConfig, PartitionAggregator
+from pipeline.config import Settings
+from pipeline.traffic import emit as emit_mod
+from pipeline.traffic.plan import Options, plan
+
+
+class _Collect(SpanExporter):
+    """Keeps each export as the OTLP protobuf bytes an exporter would send."""
+
+    def __init__(self) -> None:
+        self.requests: list[bytes] = []
+
+    def export(self, spans):
+        self.requests.append(encode_spans(spans).SerializeToString())
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        pass
+
+
+def llm_calls_records(opts: Options, settings: Settings, partitions: int
+                      ) -> list[tuple[int, int, bytes]]:
+    """(partition, record timestamp ms, NDJSON body) of every ``llm_calls`` record the
+    normalise stage writes for ``opts``' plan, in time order (each record stamped just
+    after its last call ended, as in a live pipeline)."""
+    from pipeline.stream.normalise_stage import NormaliseStage
+
+    p = plan(opts)
+    sinks = {t: _Collect() for t in opts.tenants}
+    emit_mod.emit(p, sinks, max_rate=True)
+    stage = NormaliseStage(settings, partitions)
+    records = []
+    for tenant, sink in sinks.items():
+        for i, req in enumerate(sink.requests):
+            res = stage.process(req, [(otlp.TENANT_HEADER, tenant.encode())], 0, i)
+            for part, body in res.outputs:
+                b = callbatch.from_ndjson(body)
+                ends = b.start_ms + np.nan_to_num(b.latency_ms).astype(np.int64)
+                records.append((part, int(ends.max()) + 1000, body))
+    records.sort(key=lambda r: r[1])
+    return records
+
+
+def llm_agg_1m_records(calls: list[tuple[int, int, bytes]], partitions: int,
+                       config: AggregateConfig | None = None) -> list[tuple[int, bytes]]:
+    """(llm_calls partition, JSON value) of every partial the aggregate stage writes for
+    ``calls``, windows closed at the end by a heartbeat an hour later."""
+    cfg = config or AggregateConfig()
+    aggs = {p: PartitionAggregator(p, cfg) for p in range(partitions)}
+    offsets = dict.fromkeys(range(partitions), 0)
+    out: list[tuple[int, bytes]] = []
+    for part, stamp, body in calls:
+        res = aggs[part].add(callbatch.from_ndjson(body), offsets[part], stamp)
+        out += [(part, orjson.dumps(r)) for r in res.partials]
+        offsets[part] += 1
+    last = max((r[1] for r in calls), default=0) + 3_600_000
+    for part, agg in aggs.items():
+        res = agg.add(callbatch.CallBatch.empty(), offsets[part], last)
+        out += [(part, orjson.dumps(r)) for r in res.partials]
+    return out

@@ -1,0 +1,105 @@
+"""The Parquet lake's layout: datasets, partitioning, file names, Parquet settings.
+
+Three datasets under the data directory (``LLMSPEND_DATA_DIR``), one per topic:
+
+* ``calls/tenant=T/dt=YYYY-MM-DD/hour=HH/`` from ``llm_calls`` (by the call's
+  ``start_time``, UTC);
+* ``agg_1m/tenant=T/dt=YYYY-MM-DD/`` from ``llm_agg_1m`` (by ``window_start``);
+* ``alerts/tenant=T/dt=YYYY-MM-DD/`` from ``llm_alerts`` (by ``emitted_at``).
+
+Each row keeps its record's fields (the topic's schema from ``schemas/``) plus where it
+came from (``_kafka_partition``, ``_kafka_offset``). A file holds the rows of one source
+partition's offset range ``[start, end)`` that fall into one hive partition, and is named
+after that range (:func:`file_name`), so a file says which records it holds. Partition
+values are URL-encoded in paths (DuckDB decodes them). Files are written under a
+temporary name ending in :data:`TMP_SUFFIX`, which no view ever globs, then renamed.
+
+The sink's own record of what it committed lives in ``_lake/<dataset>/p<N>.json``
+(:data:`STATE_DIR`): the next source offset to write and the renames of its last flush
+(see ``pipeline/lake.py`` for the protocol).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass
+from urllib.parse import quote
+
+import pyarrow as pa
+
+from schemas import aggregates as G
+from schemas import alerts as A
+from schemas import calls as C
+from schemas.topics import LLM_AGG_1M, LLM_ALERTS, LLM_CALLS
+
+KAFKA_PARTITION = "_kafka_partition"
+KAFKA_OFFSET = "_kafka_offset"
+SOURCE_FIELDS = [pa.field(KAFKA_PARTITION, pa.int32(), nullable=False),
+                 pa.field(KAFKA_OFFSET, pa.int64(), nullable=False)]
+
+TMP_SUFFIX = ".tmp"
+STATE_DIR = "_lake"
+#: Parquet writer settings: zstd, and row groups as large as a flush allows (DuckDB
+#: parallelises over row groups of ~100k+ rows; smaller files are compacted later).
+COMPRESSION = "zstd"
+COMPRESSION_LEVEL = 3
+ROW_GROUP_ROWS = 1_000_000
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """One dataset of the lake and the topic it lands."""
+
+    name: str
+    topic: str
+    schema: pa.Schema        # the record's columns, then SOURCE_FIELDS
+    time_column: str          # partitions by its UTC date (and hour)
+    hourly: bool
+    doc: str
+
+    @property
+    def record_schema(self) -> pa.Schema:
+        return pa.schema([f for f in self.schema if f.name not in (KAFKA_PARTITION,
+                                                                    KAFKA_OFFSET)])
+
+    def glob(self, root: str) -> str:
+        depth = 3 if self.hourly else 2
+        return f"{root}/{self.name}/" + "/".join(["*"] * depth) + "/*.parquet"
+
+
+def _with_source(schema: pa.Schema) -> pa.Schema:
+    return pa.schema(list(schema) + SOURCE_FIELDS)
+
+
+CALLS = Dataset("calls", LLM_CALLS, _with_source(C.CALLS), C.START_TIME, True,
+                "one row per call (a client retry's twin is dropped by the `calls` view)")
+AGG_1M = Dataset("agg_1m", LLM_AGG_1M, _with_source(G.AGG_1M), "window_start", False,
+                 "1-minute partials, as written to llm_agg_1m (the `agg_1m` view merges "
+                 "them)")
+ALERTS = Dataset("alerts", LLM_ALERTS, _with_source(A.ARROW), A.EMITTED_AT, False,
+                 "every alert record (the `alerts` view keeps the latest per incident)")
+DATASETS: dict[str, Dataset] = {d.name: d for d in (CALLS, AGG_1M, ALERTS)}
+BY_TOPIC: dict[str, Dataset] = {d.topic: d for d in DATASETS.values()}
+
+#: DuckDB types of the hive partition columns.
+HIVE_TYPES = {"tenant": "VARCHAR", "dt": "DATE", "hour": "INTEGER"}
+
+_FILE = re.compile(r"^part-p(\d+)-o(\d+)-(\d+)\.parquet$")
+
+
+def partition_dir(dataset: Dataset, tenant: str, day: dt.date, hour: int | None) -> str:
+    """Relative directory of one hive partition."""
+    out = f"{dataset.name}/tenant={quote(tenant, safe='')}/dt={day.isoformat()}"
+    return out + (f"/hour={hour:02d}" if dataset.hourly else "")
+
+
+def file_name(partition: int, start: int, end: int) -> str:
+    """File of source ``partition``'s offsets ``[start, end)`` in one hive partition."""
+    return f"part-p{partition:04d}-o{start:020d}-{end:020d}.parquet"
+
+
+def parse_file_name(name: str) -> tuple[int, int, int] | None:
+    """(partition, start, end) of a lake file name, None for anything else."""
+    m = _FILE.match(name)
+    return (int(m[1]), int(m[2]), int(m[3])) if m else None

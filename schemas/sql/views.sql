@@ -1,0 +1,53 @@
+-- llmspend DuckDB views over the Parquet lake (loaded by pipeline.analytics.connect).
+-- {calls_source}, {agg_1m_source} and {alerts_source} are the datasets' files
+-- (read_parquet over their hive-partitioned globs, or an empty typed relation while a
+-- dataset has no file yet); the other {placeholders} are column lists from schemas/.
+-- Hive partition columns: tenant (VARCHAR), dt (DATE, UTC), hour (INTEGER, calls only).
+
+-- Every call once: a client retry's twin (same call_id, hence same tenant and start
+-- time, hence same partition) is dropped. cost_usd and list_cost_usd are DECIMAL(38,12).
+CREATE OR REPLACE VIEW calls AS
+SELECT * EXCLUDE (_kafka_partition, _kafka_offset)
+FROM {calls_source}
+QUALIFY row_number() OVER (PARTITION BY tenant, dt, hour, call_id
+                           ORDER BY _kafka_partition, _kafka_offset) = 1;
+
+-- The latest version of each 1-minute partial (a re-emission replaces its predecessor;
+-- an agg_id always lands on the same llm_agg_1m partition, so offsets order them).
+CREATE OR REPLACE VIEW agg_1m_partials AS
+SELECT * EXCLUDE (_kafka_partition, _kafka_offset)
+FROM {agg_1m_source}
+QUALIFY row_number() OVER (PARTITION BY tenant, dt, agg_id
+                           ORDER BY _kafka_offset DESC) = 1;
+
+-- 1-minute aggregates: the partials of every llm_calls partition merged per
+-- (view, window, key): counts and costs summed, latency sketches added, distinct units
+-- united. Filter on view ('group', 'user' or 'unit') before adding rows up.
+CREATE OR REPLACE VIEW agg_1m AS
+SELECT view, {agg_keys}, window_start, any_value(window_end) AS window_end,
+       any_value(dt) AS dt,
+       {agg_count_sums},
+       sum(cost_usd) AS cost_usd, sum(list_cost_usd) AS list_cost_usd,
+       llmspend_sketch_merge(flatten(list(latency_buckets))) AS latency_buckets,
+       llmspend_sketch_merge(flatten(list(ttft_buckets))) AS ttft_buckets,
+       CASE WHEN view = 'unit'
+            THEN len(list_distinct(flatten(list(unit_hashes)))) END AS units,
+       CASE WHEN view = 'unit'
+            THEN list_sort(list_distinct(flatten(list(unit_hashes)))) END AS unit_hashes,
+       count(*) AS partials
+FROM agg_1m_partials
+GROUP BY view, {agg_keys}, window_start;
+
+-- Every alert record once (a record re-written after a restart has its twin's id),
+-- evidence as JSON.
+CREATE OR REPLACE VIEW alert_events AS
+SELECT * EXCLUDE (evidence, _kafka_partition, _kafka_offset), evidence::JSON AS evidence,
+       _kafka_offset AS _seq
+FROM {alerts_source}
+QUALIFY row_number() OVER (PARTITION BY id ORDER BY _kafka_offset) = 1;
+
+-- The latest state of each incident (a dedup_key always lands on the same partition).
+CREATE OR REPLACE VIEW alerts AS
+SELECT * EXCLUDE (_seq)
+FROM alert_events
+QUALIFY row_number() OVER (PARTITION BY dedup_key ORDER BY _seq DESC) = 1;

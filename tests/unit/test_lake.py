@@ -1,0 +1,219 @@
+"""The lake's pure core and its views, without a broker: generator traffic through the
+real normaliser and aggregator, landed with pipeline.lake, read through the DuckDB
+views. Pins: every row exactly once whatever step a flush dies at, temporary files
+never visible, twins dropped by the views, bad records isolated, P95 from agg_1m equal
+to P95 from calls through the same buckets."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+
+import orjson
+import pytest
+
+from pipeline import lake
+from pipeline.analytics import connect
+from pipeline.config import load_settings
+from pipeline.lake_fs import LocalFS
+from pipeline.traffic.generator import generate
+from pipeline.traffic.offline import llm_agg_1m_records, llm_calls_records
+from pipeline.traffic.plan import Options
+from schemas import alerts as A
+from schemas import lake as L
+
+PARTITIONS = 4
+OPTS = Options(seed=11, calls=2500, start_time_ns=1_764_000_000 * 10**9,
+               tenants=("acme", "globex"))
+
+
+class Crash(Exception):
+    """Stands for the process dying at a protocol step."""
+
+
+@pytest.fixture(scope="module")
+def traffic():
+    settings = load_settings(env={"LLMSPEND_HASH_KEY": "lake-unit-key-0123456789abcdef"})
+    calls = llm_calls_records(OPTS, settings, PARTITIONS)
+    offsets: dict[int, int] = {}
+    records = []
+    for part, _ts, body in calls:
+        records.append((part, offsets.get(part, 0), body))
+        offsets[part] = offsets.get(part, 0) + 1
+    aggs, aoff = [], {}
+    for part, value in llm_agg_1m_records(calls, PARTITIONS):
+        aggs.append((part, aoff.get(part, 0), value))
+        aoff[part] = aoff.get(part, 0) + 1
+    return records, aggs, generate(OPTS, dry_run=True).truth
+
+
+def totals(data_dir) -> tuple[int, Decimal, int]:
+    con = connect(data_dir)
+    return con.execute("SELECT count(*), sum(cost_usd), count(DISTINCT call_id) "
+                       "FROM calls").fetchone()
+
+
+def test_landed_calls_equal_the_generator_truth(traffic, tmp_path):
+    records, _aggs, truth = traffic
+    res = lake.land(LocalFS(tmp_path), L.CALLS, records)
+    assert res.bad == []
+    n, cost, distinct = totals(tmp_path)
+    assert n == distinct == truth.calls
+    assert cost == truth.list_cost_usd
+    # Files are named by source partition and offset range, in hive partitions.
+    files = list(LocalFS(tmp_path).list("calls", ".parquet"))
+    assert files and all("/tenant=" in f and "/dt=" in f and "/hour=" in f for f in files)
+    assert {L.parse_file_name(f.rsplit("/", 1)[1])[0] for f in files} <= set(range(4))
+
+
+def test_a_retry_twin_is_one_row_in_the_calls_view(traffic, tmp_path):
+    records, _aggs, truth = traffic
+    part, _off, body = records[5]
+    twin = (part, max(o for p, o, _b in records if p == part) + 1, body)
+    lake.land(LocalFS(tmp_path), L.CALLS, [*records, twin])
+    n, cost, _ = totals(tmp_path)
+    assert (n, cost) == (truth.calls, truth.list_cost_usd)
+    raw = connect(tmp_path).execute(
+        f"SELECT count(*) FROM read_parquet('{tmp_path}/calls/*/*/*/*.parquet')").fetchone()
+    assert raw[0] == truth.calls + len(body.strip().split(b"\n"))   # the twin IS there
+
+
+@pytest.mark.parametrize("step", ["temps", "state", "rename", "renamed"])
+def test_a_flush_killed_at_any_step_lands_every_row_exactly_once(traffic, tmp_path, step):
+    records, _aggs, truth = traffic
+    fs = LocalFS(tmp_path)
+    half = len(records) // 2
+    lake.land(fs, L.CALLS, records[:half])           # some flushes committed before
+    seen_during: list[int] = []
+
+    def die(at: str) -> None:
+        if at == "temps":   # temporary files exist now: no view may count them
+            seen_during.append(totals(tmp_path)[0])
+        if at == step:
+            raise Crash(step)
+
+    writers = {}
+    for part in range(PARTITIONS):
+        writers[part] = lake.PartitionWriter(fs, L.CALLS, part, die)
+        writers[part].recover()
+    visible = totals(tmp_path)[0]
+    with pytest.raises(Crash):
+        lake.land(fs, L.CALLS, records[half:], writers)
+    assert seen_during[0] == visible     # written but uncommitted: invisible
+    # Restart: fresh writers recover from the lake and everything is re-offered.
+    lake.land(fs, L.CALLS, records)
+    n, cost, distinct = totals(tmp_path)
+    assert n == distinct == truth.calls and cost == truth.list_cost_usd
+    assert not list(fs.list("calls", ".tmp"))
+
+
+def test_recovery_finishes_a_committed_flush_and_drops_an_uncommitted_one(traffic,
+                                                                           tmp_path):
+    records, _aggs, _truth = traffic
+    fs = LocalFS(tmp_path)
+    part0 = [r for r in records if r[0] == 0]
+
+    def die_after_state(at: str) -> None:
+        if at == "state":
+            raise Crash(at)
+
+    w = lake.PartitionWriter(fs, L.CALLS, 0, die_after_state)
+    w.recover()
+    d = lake.decode(L.CALLS, part0[:3])
+    with pytest.raises(Crash):
+        w.flush(part0[0][1], part0[2][1] + 1, lake.split(L.CALLS, d.table))
+    assert list(fs.list("calls", ".tmp")) and not list(fs.list("calls", ".parquet"))
+    again = lake.PartitionWriter(fs, L.CALLS, 0)
+    assert again.recover() == part0[2][1] + 1            # committed: rolled forward
+    assert not list(fs.list("calls", ".tmp"))
+    assert totals(tmp_path)[0] == d.table.num_rows
+
+
+def test_a_bad_record_is_rejected_alone_and_its_neighbours_land(traffic, tmp_path):
+    records, _aggs, _truth = traffic
+    part0 = [r for r in records if r[0] == 0][:4]
+    good = sum(len(b.strip().split(b"\n")) for _p, _o, b in part0)
+    bad = (0, part0[-1][1] + 1, b'{"call_id": "x", "cost_usd": "not money"}')
+    res = lake.land(LocalFS(tmp_path), L.CALLS, [*part0, bad, (0, bad[1] + 1, None)])
+    assert [(p, o) for p, o, _why in res.bad] == [(0, bad[1])]
+    assert "does not decode" in res.bad[0][2]
+    assert totals(tmp_path)[0] == good
+    # The range is landed past the bad record and the heartbeat: not read again.
+    assert lake.committed(LocalFS(tmp_path), L.CALLS) == {0: bad[1] + 2}
+
+
+def test_p95_from_agg_1m_equals_p95_from_calls_for_every_slice(traffic, tmp_path):
+    records, aggs, _truth = traffic
+    fs = LocalFS(tmp_path)
+    lake.land(fs, L.CALLS, records)
+    lake.land(fs, L.AGG_1M, aggs)
+    con = connect(tmp_path)
+    for by in ("model", "tenant", "team", "service", "date_trunc('hour', window_start)"):
+        calls_by = {"model": "coalesce(model, response_model, request_model)",
+                    "date_trunc('hour', window_start)": "date_trunc('hour', start_time)"
+                    }.get(by, by)
+        for q in ("llmspend_p50", "llmspend_p95", "llmspend_p99"):
+            from_calls = con.execute(
+                f"SELECT {calls_by} AS k, {q}(llmspend_sketch_of(latency_ms)) FROM calls "
+                f"GROUP BY k ORDER BY k").fetchall()
+            from_agg = con.execute(
+                f"SELECT {by} AS k, {q}(flatten(list(latency_buckets))) FROM agg_1m "
+                f"WHERE view = 'group' GROUP BY k ORDER BY k").fetchall()
+            assert from_calls == from_agg, (by, q)
+    # And the merged view adds up to the calls, in every view.
+    (calls_n, calls_cost), = con.execute("SELECT count(*), sum(cost_usd) FROM calls").fetchall()
+    for view in ("group", "user"):
+        assert con.execute("SELECT sum(calls), sum(cost_usd) FROM agg_1m WHERE view = ?",
+                           [view]).fetchone() == (calls_n, calls_cost)
+
+
+def test_units_in_agg_1m_equal_distinct_units_in_calls(traffic, tmp_path):
+    records, aggs, _truth = traffic
+    fs = LocalFS(tmp_path)
+    lake.land(fs, L.CALLS, records)
+    lake.land(fs, L.AGG_1M, aggs)
+    con = connect(tmp_path)
+    from_calls = con.execute(
+        "SELECT tenant, use_case, count(DISTINCT unit_id), sum(cost_usd) FROM calls "
+        "WHERE unit_id IS NOT NULL GROUP BY ALL ORDER BY ALL").fetchall()
+    from_agg = con.execute(
+        "SELECT tenant, use_case, len(list_distinct(flatten(list(unit_hashes)))), "
+        "sum(cost_usd) FROM agg_1m WHERE view = 'unit' GROUP BY ALL ORDER BY ALL").fetchall()
+    assert from_calls == from_agg and from_calls
+
+
+def alert(key: str, state: str, severity: str, first: str, emitted: str) -> bytes:
+    rec = {A.ID: A.alert_id(key, state, severity, first), A.DEDUP_KEY: key,
+           A.SEVERITY: severity, A.DETECTOR: "runaway_loop", A.SUBJECT_KIND: "session",
+           A.SUBJECT: key.rsplit("/", 1)[-1], A.TENANT: "acme", A.SUMMARY: "loop",
+           A.EVIDENCE: {"calls": 7, "cost_usd": "0.120000"}, A.FIRST_SEEN: first,
+           A.LAST_SEEN: emitted, A.STATE: state, A.EMITTED_AT: emitted}
+    return orjson.dumps(rec)
+
+
+def test_alerts_view_keeps_the_latest_state_and_alert_events_drop_twins(tmp_path):
+    t0, t1, t2 = "2026-11-29T10:00:00.000Z", "2026-11-29T10:01:00.000Z", \
+        "2026-11-29T10:09:00.000Z"
+    records = [(0, 0, alert("session/acme/s1", "firing", "warning", t0, t0)),
+               (0, 1, alert("session/acme/s1", "firing", "critical", t0, t1)),
+               (0, 2, alert("session/acme/s1", "firing", "critical", t0, t1)),  # twin
+               (0, 3, alert("session/acme/s1", "resolved", "critical", t0, t2)),
+               (1, 0, alert("session/acme/s2", "firing", "warning", t0, t1)),
+               (1, 1, b"not json")]
+    res = lake.land(LocalFS(tmp_path), L.ALERTS, records)
+    assert [(p, o) for p, o, _w in res.bad] == [(1, 1)]
+    con = connect(tmp_path)
+    assert con.execute("SELECT count(*) FROM alert_events").fetchone() == (4,)
+    latest = con.execute("SELECT subject, state, severity, evidence->>'cost_usd' "
+                         "FROM alerts ORDER BY subject").fetchall()
+    assert latest == [("s1", "resolved", "critical", "0.120000"),
+                      ("s2", "firing", "warning", "0.120000")]
+
+
+def test_an_empty_lake_has_every_view_with_its_columns(tmp_path):
+    con = connect(tmp_path)
+    for view in ("calls", "agg_1m", "agg_1m_partials", "alerts", "alert_events"):
+        assert con.execute(f"SELECT count(*) FROM {view}").fetchone() == (0,)
+    cols = [r[0] for r in con.execute("DESCRIBE calls").fetchall()]
+    assert "cost_usd" in cols and "dt" in cols and "_kafka_offset" not in cols
+    assert json.loads(json.dumps(cols))  # plain names
