@@ -21,7 +21,7 @@ from schemas import lake as L
 from schemas import latency_buckets as LB
 
 SQL_DIR = Path(__file__).resolve().parents[1] / "schemas" / "sql"
-VIEWS = ("calls", "agg_1m", "agg_1m_partials", "alerts", "alert_events")
+VIEWS = ("calls", "agg_1m", "agg_1m_partials", "alerts", "alert_events", "prices")
 
 
 def macros_sql() -> str:
@@ -66,11 +66,33 @@ def views_sql(con: duckdb.DuckDBPyConnection, data_dir: Path) -> str:
         agg_keys=keys, agg_count_sums=sums)
 
 
+def prices_table(catalog=None) -> pa.Table:
+    """The pricing catalog as rows (``schemas.lake.PRICES``): every model's price
+    versions and tiers, so SQL can value tokens (cache savings, what-ifs)."""
+    from pipeline import pricing
+
+    catalog = catalog or pricing.load_catalog()
+    rows = []
+    for e in catalog.entries:
+        for v in e.versions:
+            for tier in ([v.base] if v.base else []) + list(v.tiers):
+                rows.append({"price_version": e.version_id(v), "provider": e.provider,
+                             "model": e.model, "effective_from": v.effective_from,
+                             "above_input_tokens": tier.above_input_tokens,
+                             **{f"{c}_usd_per_mtok": getattr(tier, c)
+                                for c in L.PRICE_COLUMNS}})
+    return pa.Table.from_pylist(rows, schema=L.PRICES)
+
+
 def load(con: duckdb.DuckDBPyConnection, data_dir: str | Path) -> None:
     """(Re)create the macros and views on ``con`` for the lake at ``data_dir`` (run it
-    again after the first file of a dataset appears, to switch from the empty table)."""
+    again after the first file of a dataset appears, to switch from the empty table).
+    Times are UTC in the session (``now()``, ``current_date``), like ``dt``."""
+    con.execute("SET TimeZone = 'UTC'")
     con.execute(macros_sql())
     con.execute(views_sql(con, Path(data_dir)))
+    con.register("_llmspend_prices", prices_table())
+    con.execute("CREATE OR REPLACE VIEW prices AS SELECT * FROM _llmspend_prices")
 
 
 def connect(data_dir: str | Path | None = None, database: str = ":memory:",

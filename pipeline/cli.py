@@ -306,6 +306,37 @@ def dlq_replay(ctx: click.Context, dry_run: bool) -> None:
     click.echo(f"{n} record(s) {'would be ' if dry_run else ''}replayed to otlp_spans")
 
 
+@main.command("sql")
+@click.argument("query", required=False)
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "parquet"]),
+              default="table", show_default=True, help="Output format.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="Write the result to this file (needed for parquet).")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="The lake (default: the configured data_dir).")
+@click.pass_context
+@_expected_errors
+def sql(ctx: click.Context, query: str | None, fmt: str, out: str | None,
+        data_dir: str | None) -> None:
+    """Run QUERY over the lake's DuckDB views (calls, agg_1m, alerts...); without QUERY,
+    an interactive prompt (statements end with ';', .help)."""
+    from pipeline.analytics import connect
+    from pipeline.sql_shell import SqlError, run, shell
+
+    settings = _settings(ctx.find_root())
+    con = connect(data_dir or settings.lake_dir)
+    if query is None:
+        shell(con, history=settings.state_dir / "sql_history")
+        return
+    try:
+        run(con, query, fmt, out)
+    except SqlError as exc:
+        click.echo(f"llmspend: error: {exc}", err=True)
+        sys.exit(1)
+    except BrokenPipeError:
+        sys.stderr.close()
+
+
 @main.command("alerts")
 @click.option("--since", default=None, metavar="DURATION|TIME",
               help="Start with the alerts written since then: a duration back from now "

@@ -82,6 +82,15 @@ ALERTS = Dataset("alerts", LLM_ALERTS, _with_source(A.ARROW), A.EMITTED_AT, Fals
 DATASETS: dict[str, Dataset] = {d.name: d for d in (CALLS, AGG_1M, ALERTS)}
 BY_TOPIC: dict[str, Dataset] = {d.topic: d for d in DATASETS.values()}
 
+#: The ``prices`` table analysts join calls with (``calls.price_version``): the pricing
+#: catalog, one row per (model, price version, tier), USD per million tokens.
+PRICE_COLUMNS = ("input", "output", "cache_read", "cache_write", "reasoning")
+PRICES = pa.schema(
+    [pa.field("price_version", pa.string(), False), pa.field("provider", pa.string(), False),
+     pa.field("model", pa.string(), False), pa.field("effective_from", pa.date32(), False),
+     pa.field("above_input_tokens", pa.int64(), False)]
+    + [pa.field(f"{c}_usd_per_mtok", C.MONEY, False) for c in PRICE_COLUMNS])
+
 #: DuckDB types of the hive partition columns.
 HIVE_TYPES = {"tenant": "VARCHAR", "dt": "DATE", "hour": "INTEGER"}
 

@@ -71,3 +71,20 @@ def llm_agg_1m_records(calls: list[tuple[int, int, bytes]], partitions: int,
         res = agg.add(callbatch.CallBatch.empty(), offsets[part], last)
         out += [(part, orjson.dumps(r)) for r in res.partials]
     return out
+
+
+def llm_alerts_records(calls: list[tuple[int, int, bytes]], partitions: int
+                       ) -> list[tuple[int, bytes]]:
+    """(llm_calls partition, JSON value) of the session detectors' alerts for ``calls``
+    (runaway loops and sessions), sessions resolved by a heartbeat an hour later."""
+    from pipeline.detect import SessionDetector
+
+    dets = {p: SessionDetector() for p in range(partitions)}
+    out: list[tuple[int, bytes]] = []
+    for part, stamp, body in calls:
+        rows = [orjson.loads(line) for line in body.splitlines() if line.strip()]
+        out += [(part, orjson.dumps(a)) for a in dets[part].add(rows, stamp).alerts]
+    last = max((r[1] for r in calls), default=0) + 3_600_000
+    for part, det in dets.items():
+        out += [(part, orjson.dumps(a)) for a in det.add([], last).alerts]
+    return out

@@ -1,0 +1,145 @@
+"""The lake end to end through the real broker: generator traffic -> ingest -> a real
+worker (normalise, aggregate, lake) -> Parquet -> DuckDB views. The worker is killed
+with SIGKILL in the middle of a flush (at a protocol step) and at an observed lake
+offset, restarted, and the lake's row count and cost sum equal the generator's truth;
+while it runs, the views never show more rows than exist (no temporary file, no
+double) and never lose rows they showed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+import uuid
+from decimal import Decimal
+
+import pytest
+
+from pipeline import lake
+from pipeline.analytics import connect
+from pipeline.lake_fs import LocalFS
+from pipeline.stream.lake_stage import KILL_AT_ENV
+from pipeline.traffic.generator import Options, generate
+from schemas import lake as L
+from tests.integration.kafka_helpers import receiver, worker_process
+
+pytestmark = pytest.mark.integration
+HASH_KEY = "lake-e2e-hash-key-0123456789abcdef"
+
+
+def env_for(app_id: str) -> dict[str, str]:
+    return {"LLMSPEND_HASH_KEY": HASH_KEY, "LLMSPEND_STREAM_APP_ID": app_id,
+            "LLMSPEND_STREAM_STAGES": "normalise,aggregate,lake",
+            "LLMSPEND_STREAM_SESSION_TIMEOUT_S": "10", "LLMSPEND_LAKE_FLUSH_S": "1"}
+
+
+class Watch:
+    """Polls the views while the pipeline runs: counts must never go down (rows lost)
+    nor past the truth (a temporary file or a double)."""
+
+    def __init__(self, data_dir, tenant: str, truth_calls: int) -> None:
+        self.data_dir, self.tenant, self.truth = data_dir, tenant, truth_calls
+        self.seen: list[int] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.wait(0.3):
+            try:
+                con = connect(self.data_dir)
+                (n,) = con.execute("SELECT count(*) FROM read_parquet(?, "
+                                   "hive_partitioning = true) WHERE tenant = ?",
+                                   [L.CALLS.glob(str(self.data_dir)), self.tenant]
+                                   ).fetchone()
+                self.seen.append(n)
+            except Exception:  # noqa: BLE001 - no file yet
+                continue
+
+    def __enter__(self) -> Watch:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+def lake_totals(data_dir, tenant: str) -> tuple[int, Decimal | None, int, Decimal | None]:
+    con = connect(data_dir)
+    n, cost = con.execute("SELECT count(*), sum(cost_usd) FROM calls WHERE tenant = ?",
+                          [tenant]).fetchone()
+    agg_n, agg_cost = con.execute("SELECT sum(calls), sum(cost_usd) FROM agg_1m "
+                                  "WHERE view = 'group' AND tenant = ?", [tenant]).fetchone()
+    return n, cost, agg_n, agg_cost
+
+
+def wait_for(data_dir, tenant: str, truth, timeout_s: float = 150) -> tuple:
+    deadline = time.monotonic() + timeout_s
+    got: tuple = ()
+    while time.monotonic() < deadline:
+        got = lake_totals(data_dir, tenant)
+        if got[0] == truth.calls and got[2] == truth.calls:
+            return got
+        time.sleep(1)
+    return got
+
+
+@pytest.mark.parametrize("kill_at", ["rename:3", "temps:2"])
+def test_a_worker_killed_mid_flush_restarts_and_the_lake_equals_the_truth(
+        kafka_settings, tmp_path, kill_at):
+    tenant = f"lake-{uuid.uuid4().hex[:8]}"
+    token = f"tok-{uuid.uuid4().hex}"
+    opts = Options(seed=5, calls=1500, service_prefix=f"{uuid.uuid4().hex[:6]}-")
+    truth = generate(opts, dry_run=True, tenant_tokens={tenant: token}).truth
+    app_id = f"llmspend-test-{uuid.uuid4().hex[:8]}"
+    data = tmp_path / "data"
+    with receiver({"LLMSPEND_HASH_KEY": HASH_KEY,
+                   "LLMSPEND_INGEST_TOKENS": f"{token}={tenant}"}) as ep, \
+            Watch(data, tenant, truth.calls) as watch:
+        with worker_process(tmp_path, {**env_for(app_id), KILL_AT_ENV: kill_at}) as proc:
+            res = generate(opts, protocol="http", endpoint=ep["http"],
+                           tenant_tokens={tenant: token}, max_rate=True)
+            assert res.emitted.failed == 0
+            assert proc.wait(timeout=120) == -signal.SIGKILL     # died in a flush
+        with worker_process(tmp_path, env_for(app_id)):
+            n, cost, agg_n, agg_cost = wait_for(data, tenant, truth)
+    assert (n, agg_n) == (truth.calls, truth.calls)
+    assert cost == agg_cost == truth.list_cost_usd
+    assert not list(LocalFS(data).list("calls", L.TMP_SUFFIX))
+    assert watch.seen and max(watch.seen) <= truth.calls
+    assert all(b >= a for a, b in zip(watch.seen, watch.seen[1:], strict=False)), \
+        "the views lost rows they had shown"
+
+
+def test_a_worker_killed_at_an_observed_lake_offset_loses_and_doubles_nothing(
+        kafka_settings, tmp_path):
+    tenant = f"lake-{uuid.uuid4().hex[:8]}"
+    token = f"tok-{uuid.uuid4().hex}"
+    opts = Options(seed=6, calls=3000, rate=20.0,
+                   service_prefix=f"{uuid.uuid4().hex[:6]}-")
+    truth = generate(opts, dry_run=True, tenant_tokens={tenant: token}).truth
+    app_id = f"llmspend-test-{uuid.uuid4().hex[:8]}"
+    data = tmp_path / "data"
+    fs = LocalFS(data)
+    with receiver({"LLMSPEND_HASH_KEY": HASH_KEY,
+                   "LLMSPEND_INGEST_TOKENS": f"{token}={tenant}"}) as ep:
+        with worker_process(tmp_path, env_for(app_id)) as proc:
+            sender = threading.Thread(target=generate, kwargs=dict(
+                opts=opts, protocol="http", endpoint=ep["http"],
+                tenant_tokens={tenant: token}, max_rate=True))
+            sender.start()
+            deadline = time.monotonic() + 120
+            while sum(lake.committed(fs, L.CALLS).values()) < 5:   # observed progress
+                assert time.monotonic() < deadline, "the lake never advanced"
+                time.sleep(0.05)
+            observed = lake.committed(fs, L.CALLS)
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+            sender.join(timeout=180)
+        assert lake_totals(data, tenant)[0] < truth.calls      # it really died midway
+        with worker_process(tmp_path, env_for(app_id)):
+            n, cost, agg_n, agg_cost = wait_for(data, tenant, truth)
+    assert all(lake.committed(fs, L.CALLS)[p] >= o for p, o in observed.items())
+    assert (n, agg_n) == (truth.calls, truth.calls)
+    assert cost == agg_cost == truth.list_cost_usd

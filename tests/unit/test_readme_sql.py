@@ -1,0 +1,117 @@
+"""The README's analyst questions run, as written, on a lake of generated traffic
+(landed by pipeline.lake, no broker) and each answers with rows; `llmspend sql` prints
+them in every format and its prompt takes piped statements."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline import lake
+from pipeline.analytics import connect
+from pipeline.config import load_settings
+from pipeline.lake_fs import LocalFS
+from pipeline.sql_shell import SqlError, run, shell
+from pipeline.traffic.offline import llm_agg_1m_records, llm_alerts_records, llm_calls_records
+from pipeline.traffic.plan import Options
+from schemas import lake as L
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def analyst_queries() -> list[str]:
+    text = README.read_text()
+    section = text[text.index("## Analysts"):]
+    section = section[:section.index("\n## ", 10)]
+    return re.findall(r"```sql\n(.*?)```", section, re.S)
+
+
+def numbered(records) -> list[lake.Record]:
+    offsets: dict[int, int] = {}
+    out = []
+    for part, *rest in records:
+        out.append((part, offsets.get(part, 0), rest[-1]))
+        offsets[part] = offsets.get(part, 0) + 1
+    return out
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """Twenty minutes of traffic that ended a few minutes ago (so "today", "this
+    month" and "the last hour" hold it), with a runaway loop and an unknown model."""
+    settings = load_settings(env={"LLMSPEND_HASH_KEY": "readme-sql-key-0123456789abcdef"})
+    start = (time.time_ns() // 10**9 - 25 * 60) * 10**9
+    opts = Options(seed=2, calls=3000, start_time_ns=start, tenants=("acme", "globex"),
+                   scenarios=("runaway-loop", "unknown-model"))
+    calls = llm_calls_records(opts, settings, 4)
+    d = tmp_path_factory.mktemp("lake")
+    fs = LocalFS(d)
+    lake.land(fs, L.CALLS, numbered(calls))
+    lake.land(fs, L.AGG_1M, numbered(llm_agg_1m_records(calls, 4)))
+    lake.land(fs, L.ALERTS, numbered(llm_alerts_records(calls, 4)))
+    return d
+
+
+def test_the_readme_has_ten_analyst_questions():
+    assert len(analyst_queries()) == 10
+
+
+@pytest.mark.parametrize("i", range(10))
+def test_each_readme_question_answers_with_rows(data_dir, i):
+    sql = analyst_queries()[i]
+    rows = connect(data_dir).sql(sql).fetchall()
+    assert rows, sql.splitlines()[0]
+
+
+def test_formats_table_csv_json_and_parquet(data_dir, tmp_path):
+    con = connect(data_dir)
+    q = "SELECT team, sum(cost_usd) AS usd FROM calls GROUP BY team ORDER BY team"
+    expected = con.sql(q).fetchall()
+    out = io.StringIO()
+    assert run(con, q, "table", stream=out) == len(expected)
+    assert out.getvalue().splitlines()[0].split() == ["team", "usd"]
+    assert out.getvalue().rstrip().endswith(f"({len(expected)} rows)")
+    out = io.StringIO()
+    run(con, q, "csv", stream=out)
+    assert list(csv.reader(io.StringIO(out.getvalue())))[1] == [expected[0][0],
+                                                                str(expected[0][1])]
+    out = io.StringIO()
+    run(con, q, "json", stream=out)
+    assert json.loads(out.getvalue())[0] == {"team": expected[0][0],
+                                             "usd": str(expected[0][1])}  # exact money
+    run(con, q, "parquet", out=tmp_path / "r.parquet")
+    assert pq.read_table(tmp_path / "r.parquet").num_rows == len(expected)
+    with pytest.raises(SqlError, match="--out"):
+        run(con, q, "parquet")
+    with pytest.raises(SqlError, match="syntax"):
+        run(con, "SELEC 1")
+
+
+def test_the_prompt_takes_multi_line_statements_and_dot_commands(data_dir):
+    con = connect(data_dir)
+    script = ".tables\nSELECT count(*)\n  AS n\nFROM calls;\n.schema alerts\nSELEC;\n.quit\n"
+    out = io.StringIO()
+    shell(con, stdin=io.StringIO(script), stdout=out)
+    text = out.getvalue()
+    assert "agg_1m" in text.splitlines()[0] and "calls" in text.splitlines()[0]
+    assert re.search(r"^ *n\n-+\n\d+\n\(1 row\)$", text, re.M)
+    assert "dedup_key" in text and "error:" in text
+
+
+def test_llmspend_sql_command(data_dir):
+    cmd = [sys.executable, "-m", "pipeline", "sql", "--data-dir", str(data_dir)]
+    res = subprocess.run([*cmd, "--format", "csv", "SELECT count(*) AS n FROM calls"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and res.stdout.splitlines()[0] == "n"
+    res = subprocess.run([*cmd, "SELECT nope FROM calls"], capture_output=True, text=True,
+                         timeout=120)
+    assert res.returncode == 1 and "nope" in res.stderr
