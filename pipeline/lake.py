@@ -193,6 +193,19 @@ class PartitionWriter:
         self.rows, self.files = state.get("rows", 0), state.get("files", 0)
         return self.next_offset
 
+    def start_at(self, offset: int) -> None:
+        """Record where a partition without lake state starts (its first position), so
+        a restart resumes there instead of wherever the offset reset would jump."""
+        if self.next_offset is None:
+            self._write_state(offset, [], None)
+            self.next_offset = offset
+
+    def _write_state(self, next_offset: int, pending: list, last: list | None) -> None:
+        self.fs.replace_text(self.state_rel, json.dumps({
+            "dataset": self.dataset.name, "partition": self.partition,
+            "next_offset": next_offset, "pending": pending, "last_flush": last,
+            "rows": self.rows, "files": self.files}))
+
     def flush(self, start: int, end: int, parts: dict[str, pa.Table]) -> list[str]:
         """Land offsets ``[start, end)`` whose rows are ``parts`` (from :func:`split`);
         the final paths written."""
@@ -206,13 +219,10 @@ class PartitionWriter:
             self.fs.write_parquet(tmp, table)
             pending.append((tmp, final))
         self.hook("temps")
-        rows = sum(t.num_rows for t in parts.values())
-        self.fs.replace_text(self.state_rel, json.dumps({
-            "dataset": self.dataset.name, "partition": self.partition,
-            "next_offset": end, "pending": pending, "last_flush": [start, end],
-            "rows": self.rows + rows, "files": self.files + len(pending)}))
-        self.next_offset, self.rows, self.files = end, self.rows + rows, \
-            self.files + len(pending)
+        self.rows += sum(t.num_rows for t in parts.values())
+        self.files += len(pending)
+        self._write_state(end, pending, [start, end])      # the commit point
+        self.next_offset = end
         self.hook("state")
         for tmp, final in pending:
             self.fs.commit(tmp, final)

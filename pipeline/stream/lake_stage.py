@@ -66,6 +66,7 @@ class LakeSink:
         self.stats: Counter = Counter()
         self.ready = threading.Event()
         self._consumer: Any = None
+        self._unresolved: list[Any] = []
 
     # ------------------------------------------------------------------ thread
 
@@ -76,8 +77,9 @@ class LakeSink:
         sink = self
 
         class Listener(ConsumerRebalanceListener):
+            # Called on the consumer's IO thread: no blocking consumer call in here.
             def on_partitions_revoked(self, revoked):
-                sink.flush(only={(tp.topic, tp.partition) for tp in revoked})
+                sink.flush(only={(tp.topic, tp.partition) for tp in revoked}, commit=False)
                 for tp in revoked:
                     sink.writers.pop((tp.topic, tp.partition), None)
                     sink.buffers.pop((tp.topic, tp.partition), None)
@@ -93,7 +95,15 @@ class LakeSink:
         limit = self.settings.lake.flush_mb * 1024 * 1024
         try:
             while not stop.is_set():
-                for tp, recs in c.poll(timeout_ms=500, max_records=5000).items():
+                batch = c.poll(timeout_ms=500, max_records=5000)
+                if self._unresolved:
+                    for tp in self._unresolved:
+                        # "latest" means from the sink's first start: record it in the
+                        # lake, so a restart does not skip what came while it was down.
+                        self.writers[(tp.topic, tp.partition)].start_at(c.position(tp))
+                    self._unresolved = []
+                    self.ready.set()
+                for tp, recs in batch.items():
                     self.offer(tp.topic, tp.partition,
                                [(r.partition, r.offset, r.value) for r in recs])
                 if self.buffered_bytes >= limit or (
@@ -118,10 +128,11 @@ class LakeSink:
                 c.seek_to_beginning(tp)     # a new lake takes everything retained
             else:
                 c.seek_to_end(tp)
-                c.position(tp)              # resolve now: nothing produced later is missed
+                self._unresolved.append(tp)  # resolved by run() after this callback
             log.info("lake: %s[%d] resumes at %s", tp.topic, tp.partition,
                      nxt if nxt is not None else self.settings.stream.auto_offset_reset)
-        self.ready.set()
+        if not self._unresolved:
+            self.ready.set()
 
     # ------------------------------------------------------------------ core
 
@@ -138,7 +149,7 @@ class LakeSink:
         if self.oldest is None:
             self.oldest = time.monotonic()
 
-    def flush(self, only: set[tuple[str, int]] | None = None) -> None:
+    def flush(self, only: set[tuple[str, int]] | None = None, commit: bool = True) -> None:
         """Land every buffered partition (or ``only`` those), then commit offsets."""
         from kafka import OffsetAndMetadata, TopicPartition
 
@@ -163,7 +174,7 @@ class LakeSink:
             self.buffers[key] = []
         if not any(self.buffers.values()):
             self.oldest = None
-        if commits and self._consumer is not None:
+        if commits and commit and self._consumer is not None:
             try:
                 self._consumer.commit(commits)
             except Exception:   # monitoring only: the lake state is the truth
