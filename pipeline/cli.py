@@ -543,9 +543,14 @@ def show_config(ctx: click.Context) -> None:
 @_expected_errors
 def demo(ctx: click.Context, keep: bool) -> None:
     """End-to-end demo on a local Kafka (grows with the pipeline)."""
+    import os
+
     from pipeline import demo as demo_mod
 
     settings = _settings(ctx)
+    # The services started here flush the lake every few seconds (the default is a
+    # minute), so the demo can show its calls in Parquet without a long wait.
+    os.environ.setdefault("LLMSPEND_LAKE_FLUSH_S", "5")
     was_running = {name: services.running_pid(settings, name) for name in SERVICES}
     started = bring_up(settings, with_services=True)
     try:

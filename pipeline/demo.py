@@ -7,8 +7,9 @@ stream worker normalises and prices every call into ``llm_calls``; the demo read
 priced calls back and prints what each team spent. Then an agent gets stuck in a loop
 (the same tool call with the same arguments, over and over): the demo waits for the
 detector's alerts on ``llm_alerts`` (warning at the 3rd repetition, critical at the 6th,
-one incident) and prints them with the time they took. Later stages (lake, dashboard)
-extend it.
+one incident) and prints them with the time they took. Finally it waits for the calls
+to land in the Parquet lake and asks DuckDB what each team spent. Later stages (the
+dashboard) extend it.
 """
 
 from __future__ import annotations
@@ -217,4 +218,30 @@ def run(settings: Settings, echo: Callable[[str], Any]) -> None:
                                            "none (keyed hashes only)"))
     echo("")
     _show_loop_alerts(settings, endpoint, echo)
+    echo("")
+    _show_lake(settings, session, len(calls), echo)
     echo("demo      ok")
+
+
+def _show_lake(settings: Settings, session: str, n: int, echo: Callable[[str], Any]) -> None:
+    """Wait for the demo's calls in the lake, then query them with DuckDB."""
+    from pipeline.analytics import connect
+
+    t0 = time.perf_counter()
+    sql = ("SELECT team, count(*) AS calls, sum(cost_usd) AS cost_usd FROM calls "
+           "WHERE session_id LIKE ? GROUP BY team ORDER BY cost_usd DESC NULLS LAST")
+    rows: list = []
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        rows = connect(settings.lake_dir).execute(sql, [session + "%"]).fetchall()
+        if sum(r[1] for r in rows) >= n:
+            break
+        time.sleep(1)
+    else:
+        raise DemoError(f"the demo's calls did not reach the lake ({settings.lake_dir}) "
+                        f"within 3 minutes; see {settings.state_dir}/logs/worker.log")
+    echo(f"lake      {n} calls in Parquet after {time.perf_counter() - t0:.1f} s more "
+         f"({settings.lake_dir}/calls/); DuckDB says:")
+    echo(f"  llmspend sql \"{sql.replace('?', repr(session + '%'))}\"")
+    for team, calls, cost in rows:
+        echo(f"  team {team or '-':<10} {calls:>3} calls {cost if cost is not None else 0:>16} USD")

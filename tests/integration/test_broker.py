@@ -125,6 +125,7 @@ def test_demo_prices_calls_end_to_end_and_stops_what_it_started(kafka_settings):
     assert "demo      ok" in out.stdout
     assert "prompt text in llm_calls: none" in out.stdout
     assert "claude-sonnet-4-5" in out.stdout and "team support" in out.stdout
+    assert "calls in Parquet" in out.stdout                 # and they reached the lake
     for name, pid in before.items():  # what the demo started, it stopped
         assert services.running_pid(kafka_settings, name) == pid
     assert broker.status(kafka_settings).reachable  # the broker was not the demo's
