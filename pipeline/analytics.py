@@ -55,15 +55,18 @@ def _source(con: duckdb.DuckDBPyConnection, data_dir: Path, ds: L.Dataset) -> st
     return name
 
 
-def views_sql(con: duckdb.DuckDBPyConnection, data_dir: Path) -> str:
+def views_sql(con: duckdb.DuckDBPyConnection, data_dir: Path,
+              sources: dict[str, str] | None = None) -> str:
+    """``schemas/sql/views.sql`` over the lake at ``data_dir`` (``sources`` may replace
+    a dataset's relation, e.g. one big file in the layout benchmark)."""
     keys = ", ".join(G.KEY_COLUMNS)
     sums = ",\n       ".join(f"sum({n})::BIGINT AS {n}" for n in G.COUNT_FIELDS)
+    src = {name: (sources or {}).get(name) or _source(con, data_dir, ds)
+           for name, ds in L.DATASETS.items()}
     return _fill(
         (SQL_DIR / "views.sql").read_text(),
-        calls_source=_source(con, data_dir, L.CALLS),
-        agg_1m_source=_source(con, data_dir, L.AGG_1M),
-        alerts_source=_source(con, data_dir, L.ALERTS),
-        agg_keys=keys, agg_count_sums=sums)
+        calls_source=src["calls"], agg_1m_source=src["agg_1m"],
+        alerts_source=src["alerts"], agg_keys=keys, agg_count_sums=sums)
 
 
 def prices_table(catalog=None) -> pa.Table:
@@ -84,13 +87,14 @@ def prices_table(catalog=None) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=L.PRICES)
 
 
-def load(con: duckdb.DuckDBPyConnection, data_dir: str | Path) -> None:
+def load(con: duckdb.DuckDBPyConnection, data_dir: str | Path,
+         sources: dict[str, str] | None = None) -> None:
     """(Re)create the macros and views on ``con`` for the lake at ``data_dir`` (run it
     again after the first file of a dataset appears, to switch from the empty table).
     Times are UTC in the session (``now()``, ``current_date``), like ``dt``."""
     con.execute("SET TimeZone = 'UTC'")
     con.execute(macros_sql())
-    con.execute(views_sql(con, Path(data_dir)))
+    con.execute(views_sql(con, Path(data_dir), sources))
     con.register("_llmspend_prices", prices_table())
     con.execute("CREATE OR REPLACE VIEW prices AS SELECT * FROM _llmspend_prices")
 

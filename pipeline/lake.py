@@ -106,7 +106,8 @@ def _read_ndjson(dataset: L.Dataset, live: list[tuple[int, int, bytes]]) -> pa.T
 
 def _present_fields(body: bytes) -> set[str]:
     """Field names of the first line (every line of a producer has the same keys)."""
-    first = body.split(b"\n", 1)[0]
+    end = body.find(b"\n")
+    first = body if end < 0 else body[:end]
     obj = orjson.loads(first)
     return set(obj) if isinstance(obj, dict) else set()
 

@@ -15,14 +15,16 @@ CREATE OR REPLACE MACRO llmspend_bucket_value(b) AS
 
 -- Quantile q (0..1) of a sketch given as a list of {bucket, count} (duplicates of a
 -- bucket allowed: flatten(list(latency_buckets)) over any grouping is a valid sketch).
-CREATE OR REPLACE MACRO llmspend_sketch_quantile(sketch, q) AS (
-    WITH b AS (SELECT u.bucket AS bucket, sum(u.count) AS n
-               FROM (SELECT unnest(sketch) AS u) GROUP BY u.bucket),
-         c AS (SELECT bucket, sum(n) OVER (ORDER BY bucket) AS cum, sum(n) OVER () AS total
-               FROM b)
-    SELECT llmspend_bucket_value(min(bucket)) FROM c
-    WHERE cum > floor(q * (total - 1))
-);
+-- One pass over the sorted list, no subquery: the fold starts from a sentinel whose
+-- count is -(rank + 1), so the running count turns >= 0 at the bucket holding the
+-- 0-based rank floor(q * (n - 1)), and that bucket is kept from then on.
+CREATE OR REPLACE MACRO llmspend_sketch_quantile(sketch, q) AS
+    CASE WHEN coalesce(len(sketch), 0) = 0 THEN NULL ELSE llmspend_bucket_value(list_reduce(
+        [{'bucket': -1::SMALLINT,
+          'count': (-1 - floor(q * (list_sum(list_transform(sketch, lambda y: y.count)) - 1)))
+                   ::BIGINT}] || list_sort(sketch),
+        lambda acc, x: {'bucket': CASE WHEN acc.count >= 0 THEN acc.bucket ELSE x.bucket END,
+                        'count': acc.count + x.count}).bucket) END;
 CREATE OR REPLACE MACRO llmspend_p50(sketch) AS llmspend_sketch_quantile(sketch, 0.50);
 CREATE OR REPLACE MACRO llmspend_p95(sketch) AS llmspend_sketch_quantile(sketch, 0.95);
 CREATE OR REPLACE MACRO llmspend_p99(sketch) AS llmspend_sketch_quantile(sketch, 0.99);

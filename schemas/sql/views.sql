@@ -5,12 +5,12 @@
 -- Hive partition columns: tenant (VARCHAR), dt (DATE, UTC), hour (INTEGER, calls only).
 
 -- Every call once: a client retry's twin (same call_id, hence same tenant and start
--- time, hence same partition) is dropped. cost_usd and list_cost_usd are DECIMAL(38,12).
+-- time, hence same partition, and the same content) is dropped. DISTINCT ON its
+-- partition columns and call_id keeps filters on tenant/dt/hour pruning files.
+-- cost_usd and list_cost_usd are DECIMAL(38,12).
 CREATE OR REPLACE VIEW calls AS
-SELECT * EXCLUDE (_kafka_partition, _kafka_offset)
-FROM {calls_source}
-QUALIFY row_number() OVER (PARTITION BY tenant, dt, hour, call_id
-                           ORDER BY _kafka_partition, _kafka_offset) = 1;
+SELECT DISTINCT ON (tenant, dt, hour, call_id) * EXCLUDE (_kafka_partition, _kafka_offset)
+FROM {calls_source};
 
 -- The latest version of each 1-minute partial (a re-emission replaces its predecessor;
 -- an agg_id always lands on the same llm_agg_1m partition, so offsets order them).
@@ -21,19 +21,21 @@ QUALIFY row_number() OVER (PARTITION BY tenant, dt, agg_id
                            ORDER BY _kafka_offset DESC) = 1;
 
 -- 1-minute aggregates: the partials of every llm_calls partition merged per
--- (view, window, key): counts and costs summed, latency sketches added, distinct units
--- united. Filter on view ('group', 'user' or 'unit') before adding rows up.
+-- (view, window, key): counts and costs summed, latency sketches added (the partials'
+-- bucket lists concatenated: a bucket may repeat, which every llmspend_ macro accepts;
+-- llmspend_sketch_merge gives the canonical form), distinct units united. Filter on
+-- view ('group', 'user' or 'unit') before adding rows up.
 CREATE OR REPLACE VIEW agg_1m AS
 SELECT view, {agg_keys}, window_start, any_value(window_end) AS window_end,
        any_value(dt) AS dt,
        {agg_count_sums},
        sum(cost_usd) AS cost_usd, sum(list_cost_usd) AS list_cost_usd,
-       llmspend_sketch_merge(flatten(list(latency_buckets))) AS latency_buckets,
-       llmspend_sketch_merge(flatten(list(ttft_buckets))) AS ttft_buckets,
-       CASE WHEN view = 'unit'
-            THEN len(list_distinct(flatten(list(unit_hashes)))) END AS units,
-       CASE WHEN view = 'unit'
-            THEN list_sort(list_distinct(flatten(list(unit_hashes)))) END AS unit_hashes,
+       flatten(list(latency_buckets)) AS latency_buckets,
+       flatten(list(ttft_buckets)) AS ttft_buckets,
+       CASE WHEN view = 'unit' THEN len(list_distinct(flatten(
+           list(unit_hashes) FILTER (unit_hashes IS NOT NULL)))) END AS units,
+       CASE WHEN view = 'unit' THEN list_sort(list_distinct(flatten(
+           list(unit_hashes) FILTER (unit_hashes IS NOT NULL)))) END AS unit_hashes,
        count(*) AS partials
 FROM agg_1m_partials
 GROUP BY view, {agg_keys}, window_start;

@@ -100,6 +100,7 @@ def test_duckdb_macro_gives_the_same_quantiles_as_numba():
             "SELECT llmspend_sketch_quantile(flatten(list(latency_buckets)), ?) FROM partials",
             [q]).fetchone()
         assert math.isclose(sql, sketch.quantile(counts[0], q), rel_tol=1e-12)
+    assert con.execute("SELECT llmspend_p95([]), llmspend_p95(NULL)").fetchone() == (None, None)
     # The SQL bucket of each raw value is the numba bucket, so quantiles of raw
     # latencies in SQL equal the sketch's.
     con.execute("CREATE TABLE raw(ms DOUBLE)")
