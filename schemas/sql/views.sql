@@ -5,19 +5,23 @@
 -- Hive partition columns: tenant (VARCHAR), dt (DATE, UTC), hour (INTEGER, calls only).
 
 -- Every call once: a client retry's twin (same call_id, hence same tenant and start
--- time, hence same partition, and the same content) is dropped. DISTINCT ON its
--- partition columns and call_id keeps filters on tenant/dt/hour pruning files.
+-- time, hence same partition, and the same content) is dropped. DISTINCT ON the
+-- columns twins share (not only call_id) lets filters on tenant/dt/hour prune files
+-- and filters on start_time skip row groups.
 -- cost_usd and list_cost_usd are DECIMAL(38,12).
 CREATE OR REPLACE VIEW calls AS
-SELECT DISTINCT ON (tenant, dt, hour, call_id) * EXCLUDE (_kafka_partition, _kafka_offset)
+SELECT DISTINCT ON (tenant, dt, hour, start_time, call_id)
+       * EXCLUDE (_kafka_partition, _kafka_offset)
 FROM {calls_source};
 
 -- The latest version of each 1-minute partial (a re-emission replaces its predecessor;
 -- an agg_id always lands on the same llm_agg_1m partition, so offsets order them).
+-- An agg_id fixes its window, so partitioning by view and window_start too changes
+-- nothing but lets filters on them reach the files.
 CREATE OR REPLACE VIEW agg_1m_partials AS
 SELECT * EXCLUDE (_kafka_partition, _kafka_offset)
 FROM {agg_1m_source}
-QUALIFY row_number() OVER (PARTITION BY tenant, dt, agg_id
+QUALIFY row_number() OVER (PARTITION BY tenant, dt, view, window_start, agg_id
                            ORDER BY _kafka_offset DESC) = 1;
 
 -- 1-minute aggregates: the partials of every llm_calls partition merged per
