@@ -85,7 +85,9 @@ def _read_ndjson(dataset: L.Dataset, live: list[tuple[int, int, bytes]]) -> pa.T
     lines = [v.count(b"\n") + 1 for _p, _o, v in live]
     body = b"\n".join(v for _p, _o, v in live)
     schema = dataset.record_schema
-    t = pj.read_json(io.BytesIO(body), read_options=pj.ReadOptions(block_size=1 << 24),
+    # One thread: the sink shares its process (and the machine) with the stream stages.
+    t = pj.read_json(io.BytesIO(body), read_options=pj.ReadOptions(block_size=1 << 24,
+                                                                   use_threads=False),
                      parse_options=pj.ParseOptions(explicit_schema=schema,
                                                    unexpected_field_behavior="error"))
     if t.num_rows != sum(lines):

@@ -87,11 +87,15 @@ def receiver(env: dict[str, str]) -> Iterator[dict[str, str]]:
 def worker_process(state: Path, env: dict[str, str] | None = None,
                    ) -> Iterator[subprocess.Popen]:
     """A real `llmspend worker` in its own consumer group, starting at the topics' end,
-    so it sees only what the test produces after it is ready."""
+    so it sees only what the test produces after it is ready (every stage but the
+    lake sink unless ``env`` says otherwise)."""
     full = {**os.environ, "LLMSPEND_STATE_DIR": str(state),
             "LLMSPEND_STREAM_APP_ID": f"llmspend-test-{uuid.uuid4().hex[:8]}",
             "LLMSPEND_STREAM_AUTO_OFFSET_RESET": "latest",
-            "LLMSPEND_STREAM_METRICS_PORT": "0", **(env or {})}
+            "LLMSPEND_STREAM_METRICS_PORT": "0",
+            # The stages these tests are about; the lake's tests add "lake" themselves.
+            "LLMSPEND_STREAM_STAGES": "normalise,aggregate,detect,detect_windows",
+            **(env or {})}
     log = open(state / "worker.log", "ab")  # noqa: SIM115 - closed below
     proc = subprocess.Popen([sys.executable, "-m", "pipeline", "worker"], env=full,
                             stdout=log, stderr=subprocess.STDOUT)
