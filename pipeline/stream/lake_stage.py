@@ -99,8 +99,11 @@ class LakeSink:
                 if self._unresolved:
                     for tp in self._unresolved:
                         # "latest" means from the sink's first start: record it in the
-                        # lake, so a restart does not skip what came while it was down.
-                        self.writers[(tp.topic, tp.partition)].start_at(c.position(tp))
+                        # lake, so a restart does not skip what came while it was down
+                        # (from the first record this poll returned, if any).
+                        got = batch.get(tp)
+                        first = got[0].offset if got else c.position(tp)
+                        self.writers[(tp.topic, tp.partition)].start_at(first)
                     self._unresolved = []
                     self.ready.set()
                 for tp, recs in batch.items():

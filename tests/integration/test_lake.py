@@ -130,7 +130,6 @@ def test_a_worker_killed_mid_flush_restarts_and_the_lake_equals_the_truth(
             n, cost, agg_n, agg_cost = wait_for(kafka_settings, start, data, tenant, truth)
     assert (n, cost) == (truth.calls, truth.list_cost_usd)
     assert (agg_n, agg_cost) == topic_totals(kafka_settings, start, tenant)
-    assert agg_n >= truth.calls - 50            # nearly all windows made it upstream
     assert not list(LocalFS(data).list("calls", L.TMP_SUFFIX))
     assert watch.seen and max(watch.seen) <= truth.calls
     assert all(b >= a for a, b in zip(watch.seen, watch.seen[1:], strict=False)), \
