@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -98,10 +99,9 @@ def _read_ndjson(dataset: L.Dataset, live: list[tuple[int, int, bytes]]) -> pa.T
     missing = set(schema.names) - _present_fields(body)
     if missing:
         raise ValueError(f"missing fields: {sorted(missing)[:5]}")
-    parts = pa.array([p for (p, _o, _v), n in zip(live, lines, strict=True) for _ in range(n)],
-                     pa.int32())
-    offs = pa.array([o for (_p, o, _v), n in zip(live, lines, strict=True) for _ in range(n)],
-                    pa.int64())
+    # Each record's partition and offset, repeated once per line (per batch, in numpy).
+    parts = pa.array(np.repeat(np.array([p for p, _o, _v in live], np.int32), lines))
+    offs = pa.array(np.repeat(np.array([o for _p, o, _v in live], np.int64), lines))
     t = t.select(schema.names).cast(schema)
     return t.append_column(L.SOURCE_FIELDS[0], parts).append_column(L.SOURCE_FIELDS[1], offs)
 
