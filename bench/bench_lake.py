@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import re
 import shutil
 import statistics
 import sys
@@ -42,31 +41,14 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline import lake
-from pipeline.analytics import connect
+from pipeline.analytics import connect, readme_questions
 from pipeline.config import load_settings
 from pipeline.lake_fs import LocalFS
-from pipeline.traffic.offline import llm_agg_1m_records, llm_calls_records
+from pipeline.traffic.offline import llm_agg_1m_records, llm_calls_records, with_offsets
 from pipeline.traffic.plan import Options
 from schemas import lake as L
 
 PARTITIONS = 4
-README = Path(__file__).resolve().parents[1] / "README.md"
-
-
-def readme_queries() -> list[str]:
-    text = README.read_text()
-    section = text[text.index("## Analysts"):]
-    section = section[:section.index("\n## ", 10)]
-    return re.findall(r"```sql\n(.*?)```", section, re.S)
-
-
-def numbered(records) -> list[lake.Record]:
-    offsets: dict[int, int] = {}
-    out = []
-    for part, *rest in records:
-        out.append((part, offsets.get(part, 0), rest[-1]))
-        offsets[part] = offsets.get(part, 0) + 1
-    return out
 
 
 def copies(base: pa.Table, n_rows: int, days: float, time_col: str, id_col: str,
@@ -146,7 +128,7 @@ def main() -> None:
               f"and {len(aggs):,} partials, built in {time.perf_counter() - t0:.0f} s")
 
         # (l) landing speed, and the one-file baseline on the same rows.
-        recs = numbered(calls)
+        recs = with_offsets(calls)
         t0 = time.perf_counter()
         landed = lake.land(LocalFS(tmp / "land"), L.CALLS, recs).table
         land_s = time.perf_counter() - t0
@@ -160,7 +142,7 @@ def main() -> None:
               f"{n / write_s:,.0f} rows/s  ratio {write_s / land_s:.2f}")
 
         # (q) 10 M rows: the lake's layout against one file.
-        agg_base = lake.land(LocalFS(tmp / "land"), L.AGG_1M, numbered(aggs)).table
+        agg_base = lake.land(LocalFS(tmp / "land"), L.AGG_1M, with_offsets(aggs)).table
         end_us = int(time.time() * 1e6)
         t0 = time.perf_counter()
         call_tables = copies(landed, args.rows, args.days, "start_time", "call_id", end_us)
@@ -199,7 +181,7 @@ def main() -> None:
         load(file_con, tmp / "nowhere", sources=single)
         print(f"queries   median of 3, DuckDB {duckdb.__version__}, {args.threads} threads")
         ratios = []
-        for i, sql in enumerate(readme_queries(), 1):
+        for i, sql in enumerate(readme_questions(), 1):
             title = sql.splitlines()[0].lstrip("- ").split(". ", 1)[-1][:58]
             lt, lrows = timed(lake_con, sql)
             ft, frows = timed(file_con, sql)

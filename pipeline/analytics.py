@@ -112,3 +112,15 @@ def connect(data_dir: str | Path | None = None, database: str = ":memory:",
         con.execute(f"SET threads = {int(threads)}")
     load(con, data_dir)
     return con
+
+
+def readme_questions(readme: str | Path | None = None) -> list[str]:
+    """The SQL of the README's "Analysts" section, in order (a test runs each on a
+    generated lake, and ``bench/bench_lake.py`` times them on 10 M rows)."""
+    import re
+
+    path = Path(readme) if readme else Path(__file__).resolve().parents[1] / "README.md"
+    text = path.read_text()
+    section = text[text.index("## Analysts"):]
+    section = section[:section.index("\n## ", 10)]
+    return re.findall(r"```sql\n(.*?)```", section, re.S)

@@ -88,3 +88,14 @@ def llm_alerts_records(calls: list[tuple[int, int, bytes]], partitions: int
     for part, det in dets.items():
         out += [(part, orjson.dumps(a)) for a in det.add([], last).alerts]
     return out
+
+
+def with_offsets(records) -> list[tuple[int, int, bytes]]:
+    """(partition, offset, value) of records given as (partition, ..., value), offsets
+    counted per partition from 0 in order: what a fresh topic would assign."""
+    offsets: dict[int, int] = {}
+    out = []
+    for part, *rest in records:
+        out.append((part, offsets.get(part, 0), rest[-1]))
+        offsets[part] = offsets.get(part, 0) + 1
+    return out

@@ -17,7 +17,7 @@ from pipeline.analytics import connect
 from pipeline.config import load_settings
 from pipeline.lake_fs import LocalFS
 from pipeline.traffic.generator import generate
-from pipeline.traffic.offline import llm_agg_1m_records, llm_calls_records
+from pipeline.traffic.offline import llm_agg_1m_records, llm_calls_records, with_offsets
 from pipeline.traffic.plan import Options
 from schemas import alerts as A
 from schemas import lake as L
@@ -35,22 +35,22 @@ class Crash(Exception):
 def traffic():
     settings = load_settings(env={"LLMSPEND_HASH_KEY": "lake-unit-key-0123456789abcdef"})
     calls = llm_calls_records(OPTS, settings, PARTITIONS)
-    offsets: dict[int, int] = {}
-    records = []
-    for part, _ts, body in calls:
-        records.append((part, offsets.get(part, 0), body))
-        offsets[part] = offsets.get(part, 0) + 1
-    aggs, aoff = [], {}
-    for part, value in llm_agg_1m_records(calls, PARTITIONS):
-        aggs.append((part, aoff.get(part, 0), value))
-        aoff[part] = aoff.get(part, 0) + 1
-    return records, aggs, generate(OPTS, dry_run=True).truth
+    return (with_offsets(calls), with_offsets(llm_agg_1m_records(calls, PARTITIONS)),
+            generate(OPTS, dry_run=True).truth)
 
 
 def totals(data_dir) -> tuple[int, Decimal, int]:
     con = connect(data_dir)
     return con.execute("SELECT count(*), sum(cost_usd), count(DISTINCT call_id) "
                        "FROM calls").fetchone()
+
+
+def calls_and_aggregates(traffic, data_dir):
+    """A lake holding the traffic's calls and partials, and a connection to it."""
+    records, aggs, _truth = traffic
+    lake.land(LocalFS(data_dir), L.CALLS, records)
+    lake.land(LocalFS(data_dir), L.AGG_1M, aggs)
+    return connect(data_dir)
 
 
 def test_landed_calls_equal_the_generator_truth(traffic, tmp_path):
@@ -143,11 +143,7 @@ def test_a_bad_record_is_rejected_alone_and_its_neighbours_land(traffic, tmp_pat
 
 
 def test_p95_from_agg_1m_equals_p95_from_calls_for_every_slice(traffic, tmp_path):
-    records, aggs, _truth = traffic
-    fs = LocalFS(tmp_path)
-    lake.land(fs, L.CALLS, records)
-    lake.land(fs, L.AGG_1M, aggs)
-    con = connect(tmp_path)
+    con = calls_and_aggregates(traffic, tmp_path)
     for by in ("model", "tenant", "team", "service", "date_trunc('hour', window_start)"):
         calls_by = {"model": "coalesce(model, response_model, request_model)",
                     "date_trunc('hour', window_start)": "date_trunc('hour', start_time)"
@@ -168,11 +164,7 @@ def test_p95_from_agg_1m_equals_p95_from_calls_for_every_slice(traffic, tmp_path
 
 
 def test_units_in_agg_1m_equal_distinct_units_in_calls(traffic, tmp_path):
-    records, aggs, _truth = traffic
-    fs = LocalFS(tmp_path)
-    lake.land(fs, L.CALLS, records)
-    lake.land(fs, L.AGG_1M, aggs)
-    con = connect(tmp_path)
+    con = calls_and_aggregates(traffic, tmp_path)
     from_calls = con.execute(
         "SELECT tenant, use_case, count(DISTINCT unit_id), sum(cost_usd) FROM calls "
         "WHERE unit_id IS NOT NULL GROUP BY ALL ORDER BY ALL").fetchall()

@@ -11,37 +11,23 @@ import re
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
 from pipeline import lake
-from pipeline.analytics import connect
+from pipeline.analytics import connect, readme_questions
 from pipeline.config import load_settings
 from pipeline.lake_fs import LocalFS
 from pipeline.sql_shell import SqlError, run, shell
-from pipeline.traffic.offline import llm_agg_1m_records, llm_alerts_records, llm_calls_records
+from pipeline.traffic.offline import (
+    llm_agg_1m_records,
+    llm_alerts_records,
+    llm_calls_records,
+    with_offsets,
+)
 from pipeline.traffic.plan import Options
 from schemas import lake as L
-
-README = Path(__file__).resolve().parents[2] / "README.md"
-
-
-def analyst_queries() -> list[str]:
-    text = README.read_text()
-    section = text[text.index("## Analysts"):]
-    section = section[:section.index("\n## ", 10)]
-    return re.findall(r"```sql\n(.*?)```", section, re.S)
-
-
-def numbered(records) -> list[lake.Record]:
-    offsets: dict[int, int] = {}
-    out = []
-    for part, *rest in records:
-        out.append((part, offsets.get(part, 0), rest[-1]))
-        offsets[part] = offsets.get(part, 0) + 1
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -55,19 +41,19 @@ def data_dir(tmp_path_factory):
     calls = llm_calls_records(opts, settings, 4)
     d = tmp_path_factory.mktemp("lake")
     fs = LocalFS(d)
-    lake.land(fs, L.CALLS, numbered(calls))
-    lake.land(fs, L.AGG_1M, numbered(llm_agg_1m_records(calls, 4)))
-    lake.land(fs, L.ALERTS, numbered(llm_alerts_records(calls, 4)))
+    lake.land(fs, L.CALLS, with_offsets(calls))
+    lake.land(fs, L.AGG_1M, with_offsets(llm_agg_1m_records(calls, 4)))
+    lake.land(fs, L.ALERTS, with_offsets(llm_alerts_records(calls, 4)))
     return d
 
 
 def test_the_readme_has_ten_analyst_questions():
-    assert len(analyst_queries()) == 10
+    assert len(readme_questions()) == 10
 
 
 @pytest.mark.parametrize("i", range(10))
 def test_each_readme_question_answers_with_rows(data_dir, i):
-    sql = analyst_queries()[i]
+    sql = readme_questions()[i]
     rows = connect(data_dir).sql(sql).fetchall()
     assert rows, sql.splitlines()[0]
 
