@@ -42,14 +42,14 @@ def _source(con: duckdb.DuckDBPyConnection, data_dir: Path, ds: L.Dataset) -> st
     """The relation a view reads: the dataset's files, or an empty typed table."""
     if any((data_dir / ds.name).rglob("*.parquet")):
         hive = ", ".join(f"'{k}': {v}" for k, v in L.HIVE_TYPES.items()
-                         if k != "hour" or ds.hourly)
+                         if k != L.HOUR or ds.hourly)
         glob = ds.glob(str(data_dir)).replace("'", "''")
         return (f"read_parquet('{glob}', hive_partitioning = true, "
                 f"hive_types = {{{hive}}}, union_by_name = true)")
     empty = ds.schema.empty_table()
-    empty = empty.append_column("dt", pa.array([], pa.date32()))
+    empty = empty.append_column(L.DT, pa.array([], pa.date32()))
     if ds.hourly:
-        empty = empty.append_column("hour", pa.array([], pa.int32()))
+        empty = empty.append_column(L.HOUR, pa.array([], pa.int32()))
     name = f"_llmspend_empty_{ds.name}"
     con.register(name, empty)
     return name

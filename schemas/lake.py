@@ -91,16 +91,17 @@ PRICES = pa.schema(
      pa.field("above_input_tokens", pa.int64(), False)]
     + [pa.field(f"{c}_usd_per_mtok", C.MONEY, False) for c in PRICE_COLUMNS])
 
-#: DuckDB types of the hive partition columns.
-HIVE_TYPES = {"tenant": "VARCHAR", "dt": "DATE", "hour": "INTEGER"}
+#: Hive partition columns (``tenant`` is also a record column) and their DuckDB types.
+DT, HOUR = "dt", "hour"
+HIVE_TYPES = {C.TENANT: "VARCHAR", DT: "DATE", HOUR: "INTEGER"}
 
 _FILE = re.compile(r"^part-p(\d+)-o(\d+)-(\d+)\.parquet$")
 
 
 def partition_dir(dataset: Dataset, tenant: str, day: dt.date, hour: int | None) -> str:
     """Relative directory of one hive partition."""
-    out = f"{dataset.name}/tenant={quote(tenant, safe='')}/dt={day.isoformat()}"
-    return out + (f"/hour={hour:02d}" if dataset.hourly else "")
+    out = f"{dataset.name}/{C.TENANT}={quote(tenant, safe='')}/{DT}={day.isoformat()}"
+    return out + (f"/{HOUR}={hour:02d}" if dataset.hourly else "")
 
 
 def file_name(partition: int, start: int, end: int) -> str:
