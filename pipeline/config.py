@@ -127,6 +127,7 @@ class AttributionSettings:
     use_case_keys: str = "llmspend.use_case,use_case"
     unit_type_keys: str = "llmspend.unit_type"
     unit_id_keys: str = "llmspend.unit_id"
+    prompt_version_keys: str = "llmspend.prompt_version,prompt.version,langfuse.prompt.version"
     environment_keys: str = "deployment.environment.name,deployment.environment"
 
     @staticmethod
@@ -330,6 +331,37 @@ class LakeSettings:
         return tuple(x.strip() for x in self.datasets.split(",") if x.strip())
 
 
+@dataclass(frozen=True)
+class JobsSettings:
+    """The lake's maintenance jobs (``jobs/``; ``llmspend jobs``, scheduled by the worker)."""
+
+    #: Run compaction, rollups and retention from the worker every this many seconds
+    #: (0: never; run ``llmspend jobs run`` from cron instead).
+    every_s: float = 3600.0
+    #: A partition is closed (compacted, rolled up) once its end is this long past.
+    closed_after_s: float = 7200.0
+    #: Compact a closed partition when it has at least this many files.
+    compact_min_files: int = 2
+    #: Days of call-level rows (``calls``) kept (0: forever).
+    calls_days: int = 90
+    #: ``{"acme" = 30}``: per-tenant days of call-level rows, overriding ``calls_days``.
+    calls_days_by_tenant: dict = field(default_factory=dict)
+    #: Days of 1-minute aggregates and alerts kept (0: forever).
+    agg_1m_days: int = 400
+    #: Days of hourly and daily rollups kept (0: forever).
+    rollup_days: int = 0
+
+
+@dataclass(frozen=True)
+class ReportSettings:
+    """The KPI report (``llmspend report``): fixed costs to allocate per request."""
+
+    #: Fixed monthly infrastructure cost (USD, decimal) to spread over requests.
+    infra_usd_per_month: str = "0"
+    #: Fixed monthly operations cost (USD, decimal: people, support) to spread too.
+    ops_usd_per_month: str = "0"
+
+
 _SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 _SASL_MECHANISMS = ("", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
@@ -362,6 +394,8 @@ class Settings:
     notify: NotifySettings = field(default_factory=NotifySettings)
     budgets: BudgetSettings = field(default_factory=BudgetSettings)
     lake: LakeSettings = field(default_factory=LakeSettings)
+    jobs: JobsSettings = field(default_factory=JobsSettings)
+    report: ReportSettings = field(default_factory=ReportSettings)
 
     @property
     def broker_dir(self) -> Path:
@@ -571,6 +605,21 @@ def _validate(s: Settings) -> None:
                           f"{s.lake.datasets!r}")
     if s.lake.flush_s <= 0 or s.lake.flush_mb <= 0:
         raise ConfigError("lake.flush_s and lake.flush_mb must be positive")
+    j = s.jobs
+    if j.every_s < 0 or j.closed_after_s < 0 or j.compact_min_files < 2:
+        raise ConfigError("jobs: every_s and closed_after_s >= 0, compact_min_files >= 2")
+    if min(j.calls_days, j.agg_1m_days, j.rollup_days) < 0:
+        raise ConfigError("jobs: retention days must be >= 0 (0: keep forever)")
+    for tenant, days in j.calls_days_by_tenant.items():
+        if not isinstance(days, int) or isinstance(days, bool) or days < 0:
+            raise ConfigError(f"jobs.calls_days_by_tenant.{tenant}: days >= 0, got {days!r}")
+    for name in ("infra_usd_per_month", "ops_usd_per_month"):
+        try:
+            if Decimal(getattr(s.report, name)) < 0:
+                raise InvalidOperation
+        except InvalidOperation:
+            raise ConfigError(f"report.{name}: expected a decimal amount of USD, got "
+                              f"{getattr(s.report, name)!r}") from None
     if s.notify.targets:
         from pipeline.notify import parse_targets
 

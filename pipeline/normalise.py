@@ -387,6 +387,7 @@ def _price(row: dict[str, Any], kind: str, attrs: Mapping[str, Any], usage: dict
         cache_read=usage["cache_read_tokens"] or 0, cache_write=usage["cache_write_tokens"] or 0,
         reasoning=usage["reasoning_tokens"] or 0, latency_ns=latency_ns, batch=row[C.BATCH],
         fee_counts=_fee_counts(attrs, flags))
+    row[C.FEES] = pricing.fees_text(u.fee_counts)
     q = pricing.quote(ctx.catalog, (row[C.RESPONSE_MODEL], row[C.REQUEST_MODEL]),
                       row[C.PROVIDER], u, start, tenant=row[C.TENANT],
                       overrides=ctx.overrides, aliases=ctx.settings.pricing.aliases)
@@ -447,6 +448,7 @@ def _row(i: int, kind: str, cols: Mapping[str, list], attrs: dict[str, Any],
         C.COST_USD: None, C.LIST_COST_USD: None,
         C.APP_REPORTED_COST_USD: _app_cost(attrs, flags), C.PRICED: False,
         C.PRICE_VERSION: None, C.BATCH: _truthy(attrs.get(cv.BATCH_ATTRIBUTE)),
+        C.FEES: None,
         C.SAMPLING_RATIO: sampling_ratio(cols["trace_state"][i], attrs, flags),
         C.SERVER_ADDRESS: _str(cv.first(attrs, "server_address")[0]), C.CONVENTION: conv,
         C.INPUT_MESSAGES: None, C.OUTPUT_MESSAGES: None,
@@ -494,6 +496,7 @@ def _attribute(row: dict[str, Any], attrs: Mapping[str, Any], res: Mapping[str, 
     row[C.USE_CASE] = _lookup(a["use_case"], attrs, res)
     row[C.UNIT_TYPE] = _lookup(a["unit_type"], attrs, res)
     row[C.UNIT_ID] = _lookup(a["unit_id"], attrs, res)
+    row[C.PROMPT_VERSION] = _str(_lookup(a["prompt_version"], attrs, res))
     row[C.ENVIRONMENT] = _lookup(a["environment"], attrs, res)
     user = _lookup(a["user"], attrs, res) or _str(cv.first(attrs, "user_id")[0])
     if user is not None and ctx.settings.privacy.pseudonymise_users:
@@ -535,6 +538,7 @@ def _context(settings: Settings, catalog: pricing.Catalog, hash_key: bytes,
         attribution={"team": keys(a.team_keys), "user": keys(a.user_keys),
                      "use_case": keys(a.use_case_keys), "unit_type": keys(a.unit_type_keys),
                      "unit_id": keys(a.unit_id_keys),
+                     "prompt_version": keys(a.prompt_version_keys),
                      "environment": keys(a.environment_keys)})
 
 

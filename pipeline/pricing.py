@@ -376,6 +376,21 @@ class Quote:
         return self.cost is not None
 
 
+def fees_text(counts: Mapping[str, int]) -> str | None:
+    """Fee counts as the calls table keeps them: ``web_search=2,code_exec=1``."""
+    return ",".join(f"{k}={n}" for k, n in sorted(counts.items()) if n) or None
+
+
+def parse_fees(text: str | None) -> dict[str, int]:
+    """The inverse of :func:`fees_text`."""
+    out: dict[str, int] = {}
+    for part in (text or "").split(","):
+        name, sep, n = part.partition("=")
+        if sep and name.strip():
+            out[name.strip()] = int(n)
+    return out
+
+
 def _token_cost(p: Prices, u: Usage) -> Decimal:
     """Each token part at its own rate: uncached input, cache read/write, output, reasoning."""
     uncached = u.input_tokens - u.cache_read - u.cache_write

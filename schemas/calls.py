@@ -69,12 +69,14 @@ USER_ID = "user_id"
 USE_CASE = "use_case"
 UNIT_TYPE = "unit_type"
 UNIT_ID = "unit_id"
+PROMPT_VERSION = "prompt_version"
 COST_USD = "cost_usd"
 LIST_COST_USD = "list_cost_usd"
 APP_REPORTED_COST_USD = "app_reported_cost_usd"
 PRICED = "priced"
 PRICE_VERSION = "price_version"
 BATCH = "batch"
+FEES = "fees"
 SAMPLING_RATIO = "sampling_ratio"
 SERVER_ADDRESS = "server_address"
 CONVENTION = "convention"
@@ -132,6 +134,8 @@ COLUMNS: tuple[Column, ...] = (
     Column(USE_CASE, _S, True, "from `attribution.use_case_keys`"),
     Column(UNIT_TYPE, _S, True, "from `attribution.unit_type_keys`"),
     Column(UNIT_ID, _S, True, "from `attribution.unit_id_keys`"),
+    Column(PROMPT_VERSION, _S, True, "from `attribution.prompt_version_keys`: the prompt "
+           "or variant the call used (compare variants with `llmspend report --compare`)"),
     Column(COST_USD, MONEY, True, "what the call cost this tenant (negotiated prices); "
            "null when unpriced, never a made-up zero"),
     Column(LIST_COST_USD, MONEY, True, "the same call at list prices"),
@@ -140,6 +144,8 @@ COLUMNS: tuple[Column, ...] = (
     Column(PRICED, _B, False, "true when cost_usd is known"),
     Column(PRICE_VERSION, _S, True, "catalog price that priced it, `provider/model@date`"),
     Column(BATCH, _B, False, "the span says it ran through a batch API (`llmspend.batch`)"),
+    Column(FEES, _S, True, "per-request fees the span reported (`llmspend.<fee>_calls`), "
+           "`fee=count` comma-separated, so a reprice charges them again"),
     Column(SAMPLING_RATIO, _F, True, "probability this span was sampled (W3C tracestate "
            "`ot=th:`, or a sampling-rate attribute); null when unknown"),
     Column(SERVER_ADDRESS, _S, True, "`server.address` (endpoint, e.g. an Azure resource)"),

@@ -46,6 +46,7 @@ import bisect
 import heapq
 import math
 import random
+import zlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -473,6 +474,10 @@ class _Planner:
 
     def _attribution(self, s: _Session) -> dict[str, Any]:
         a: dict[str, Any] = {"user.id": s.user, "llmspend.use_case": s.service.use_case}
+        # Two prompt variants per use case, split by user (no draw from the rng, so the
+        # rest of the plan does not change): what `llmspend report --compare` compares.
+        variant = 1 + zlib.crc32(f"{s.tenant}/{s.user}".encode()) % 2
+        a["llmspend.prompt_version"] = f"{s.service.use_case}-v{variant}"
         if not s.service.team_on_resource:
             a["llmspend.team"] = s.team
         if s.unit_id:
