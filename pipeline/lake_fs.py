@@ -25,6 +25,9 @@ class LakeFS(Protocol):
     root: Path
 
     def write_parquet(self, rel: str, table: pa.Table) -> None: ...
+    def read_parquet(self, rel: str) -> pa.Table: ...
+    def size(self, rel: str) -> int: ...
+    def version(self, rel: str) -> str: ...
     def commit(self, tmp_rel: str, final_rel: str) -> None: ...
     def read_text(self, rel: str) -> str | None: ...
     def replace_text(self, rel: str, text: str) -> None: ...
@@ -52,6 +55,17 @@ class LocalFS:
                            row_group_size=L.ROW_GROUP_ROWS)
             f.flush()
             os.fsync(f.fileno())
+
+    def read_parquet(self, rel: str) -> pa.Table:
+        return pq.read_table(self._p(rel))
+
+    def size(self, rel: str) -> int:
+        return self._p(rel).stat().st_size
+
+    def version(self, rel: str) -> str:
+        """Changes whenever the file is replaced (size and modification time)."""
+        st = self._p(rel).stat()
+        return f"{st.st_size}:{st.st_mtime_ns}"
 
     def commit(self, tmp_rel: str, final_rel: str) -> None:
         """Rename into place atomically, then make the rename durable."""
@@ -91,7 +105,16 @@ class LocalFS:
         return self._p(rel).exists()
 
     def remove(self, rel: str) -> None:
-        self._p(rel).unlink(missing_ok=True)
+        """Delete a file, then its directories up to the dataset's that it left empty."""
+        path = self._p(rel)
+        path.unlink(missing_ok=True)
+        parent = path.parent
+        while parent != self.root and parent.parent != self.root:
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+            parent = parent.parent
 
 
 def _fsync_dir(path: Path) -> None:
