@@ -17,11 +17,13 @@ import duckdb
 import pyarrow as pa
 
 from schemas import aggregates as G
+from schemas import calls as C
 from schemas import lake as L
 from schemas import latency_buckets as LB
 
 SQL_DIR = Path(__file__).resolve().parents[1] / "schemas" / "sql"
-VIEWS = ("calls", "agg_1m", "agg_1m_partials", "alerts", "alert_events", "prices")
+VIEWS = ("calls", "agg_1m", "agg_1m_partials", "agg_1h", "agg_1d", "alerts", "alert_events",
+         "prices")
 
 
 def macros_sql() -> str:
@@ -47,6 +49,8 @@ def _source(con: duckdb.DuckDBPyConnection, data_dir: Path, ds: L.Dataset) -> st
         return (f"read_parquet('{glob}', hive_partitioning = true, "
                 f"hive_types = {{{hive}}}, union_by_name = true)")
     empty = ds.schema.empty_table()
+    if C.TENANT not in empty.column_names:
+        empty = empty.append_column(C.TENANT, pa.array([], pa.string()))
     empty = empty.append_column(L.DT, pa.array([], pa.date32()))
     if ds.hourly:
         empty = empty.append_column(L.HOUR, pa.array([], pa.int32()))
@@ -61,12 +65,10 @@ def views_sql(con: duckdb.DuckDBPyConnection, data_dir: Path,
     a dataset's relation, e.g. one big file in the layout benchmark)."""
     keys = ", ".join(G.KEY_COLUMNS)
     sums = ",\n       ".join(f"sum({n})::BIGINT AS {n}" for n in G.COUNT_FIELDS)
-    src = {name: (sources or {}).get(name) or _source(con, data_dir, ds)
-           for name, ds in L.DATASETS.items()}
-    return _fill(
-        (SQL_DIR / "views.sql").read_text(),
-        calls_source=src["calls"], agg_1m_source=src["agg_1m"],
-        alerts_source=src["alerts"], agg_keys=keys, agg_count_sums=sums)
+    src = {f"{name}_source": (sources or {}).get(name) or _source(con, data_dir, ds)
+           for name, ds in L.ALL_DATASETS.items()}
+    return _fill((SQL_DIR / "views.sql").read_text(), agg_keys=keys, agg_count_sums=sums,
+                 **src)
 
 
 def prices_table(catalog=None) -> pa.Table:

@@ -102,6 +102,20 @@ AGG_1M = pa.schema(
        pa.field("latency_buckets", SKETCH, False), pa.field("ttft_buckets", SKETCH, False),
        pa.field("units", pa.int64()), pa.field("unit_hashes", pa.list_(pa.int64()))])
 
+#: Hourly and daily rollups (``agg_1h``, ``agg_1d`` datasets, written by
+#: ``jobs/rollup.py``): the ``agg_1m`` view's rows summed per hour or day, one row per
+#: (view, key, window); latency sketches merged (canonical: each bucket once, ascending),
+#: distinct units united (``units`` exact when it equals the length of ``unit_hashes``).
+ROLLUP = pa.schema(
+    [pa.field("view", pa.string(), False)]
+    + [pa.field(c, pa.string()) for c in KEY_COLUMNS]
+    + [pa.field("window_start", _TIME, False), pa.field("window_end", _TIME, False)]
+    + [pa.field(n, pa.int64(), False) for n in COUNT_FIELDS]
+    + [pa.field("cost_usd", C.MONEY, False), pa.field("list_cost_usd", C.MONEY, False),
+       pa.field("latency_buckets", SKETCH, False), pa.field("ttft_buckets", SKETCH, False),
+       pa.field("units", pa.int64()), pa.field("unit_hashes", pa.list_(pa.int64())),
+       pa.field("partials", pa.int64(), False)])
+
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
@@ -109,5 +123,5 @@ def rfc3339_ms(ms: int) -> str:
     return (_EPOCH + dt.timedelta(milliseconds=ms)).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
-__all__ = ["AGG_1M", "COUNT_FIELDS", "FIELDS", "KEY_COLUMNS", "N_BUCKETS", "VIEWS",
+__all__ = ["AGG_1M", "COUNT_FIELDS", "FIELDS", "KEY_COLUMNS", "N_BUCKETS", "ROLLUP", "VIEWS",
            "VIEW_KEYS", "VIEW_UNIT"]

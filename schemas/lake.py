@@ -7,6 +7,14 @@ Three datasets under the data directory (``LLMSPEND_DATA_DIR``), one per topic:
 * ``agg_1m/tenant=T/dt=YYYY-MM-DD/`` from ``llm_agg_1m`` (by ``window_start``);
 * ``alerts/tenant=T/dt=YYYY-MM-DD/`` from ``llm_alerts`` (by ``emitted_at``).
 
+and two written by the rollup job (``jobs/rollup.py``) from closed days of ``agg_1m``:
+``agg_1h/tenant=T/dt=D/rollup.parquet`` and ``agg_1d/tenant=T/dt=D/rollup.parquet``
+(:data:`ROLLUPS`, one file per day, replaced whole).
+
+Maintenance jobs (``jobs/``) replace files through a journal in ``_lake/jobs/``; their
+files are named ``<job>-<digest>.parquet`` (:data:`JOB_FILE_PREFIXES`), never like the
+sink's, so neither side's crash recovery touches the other's temporaries.
+
 Each row keeps its record's fields (the topic's schema from ``schemas/``) plus where it
 came from (``_kafka_partition``, ``_kafka_offset``). A file holds the rows of one source
 partition's offset range ``[start, end)`` that fall into one hive partition, and is named
@@ -52,7 +60,7 @@ class Dataset:
     """One dataset of the lake and the topic it lands."""
 
     name: str
-    topic: str
+    topic: str                # "" for the rollups, which no topic feeds
     schema: pa.Schema        # the record's columns, then SOURCE_FIELDS
     time_column: str          # partitions by its UTC date (and hour)
     hourly: bool
@@ -81,6 +89,22 @@ ALERTS = Dataset("alerts", LLM_ALERTS, _with_source(A.ARROW), A.EMITTED_AT, Fals
                  "every alert record (the `alerts` view keeps the latest per incident)")
 DATASETS: dict[str, Dataset] = {d.name: d for d in (CALLS, AGG_1M, ALERTS)}
 BY_TOPIC: dict[str, Dataset] = {d.topic: d for d in DATASETS.values()}
+
+AGG_1H = Dataset("agg_1h", "", G.ROLLUP, "window_start", False,
+                 "hourly rollup of the agg_1m view (closed days; jobs/rollup.py)")
+AGG_1D = Dataset("agg_1d", "", G.ROLLUP, "window_start", False,
+                 "daily rollup of the agg_1m view (closed days; jobs/rollup.py)")
+ROLLUPS: dict[str, Dataset] = {d.name: d for d in (AGG_1H, AGG_1D)}
+ROLLUP_FILE = "rollup.parquet"
+#: Key-value metadata of a rollup file: a digest of the agg_1m files it was made from.
+ROLLUP_SOURCE_KEY = b"llmspend.rollup_source"
+#: Every dataset of the lake, landed or derived.
+ALL_DATASETS: dict[str, Dataset] = {**DATASETS, **ROLLUPS}
+
+#: Where the jobs keep their journals, lock and the erasure log.
+JOBS_DIR = f"{STATE_DIR}/jobs"
+ERASURE_LOG = f"{STATE_DIR}/erasures.jsonl"
+JOB_FILE_PREFIXES = ("compact-", "erase-", "reprice-")
 
 #: The ``prices`` table analysts join calls with (``calls.price_version``): the pricing
 #: catalog, one row per (model, price version, tier), USD per million tokens.

@@ -1,5 +1,6 @@
 -- llmspend DuckDB views over the Parquet lake (loaded by pipeline.analytics.connect).
--- {calls_source}, {agg_1m_source} and {alerts_source} are the datasets' files
+-- {calls_source}, {agg_1m_source}, {alerts_source}, {agg_1h_source} and
+-- {agg_1d_source} are the datasets' files
 -- (read_parquet over their hive-partitioned globs, or an empty typed relation while a
 -- dataset has no file yet); the other {placeholders} are column lists from schemas/.
 -- Hive partition columns: tenant (VARCHAR), dt (DATE, UTC), hour (INTEGER, calls only).
@@ -43,6 +44,16 @@ SELECT view, {agg_keys}, window_start, any_value(window_end) AS window_end,
        count(*) AS partials
 FROM agg_1m_partials
 GROUP BY view, {agg_keys}, window_start;
+
+-- Hourly and daily rollups of closed days (written by jobs/rollup.py from the agg_1m
+-- partials; one row per view, key and hour or day; sketches merged, units united).
+-- Days not rolled up yet (today, until jobs.closed_after_s past midnight) are only in
+-- agg_1m.
+CREATE OR REPLACE VIEW agg_1h AS
+SELECT * FROM {agg_1h_source};
+
+CREATE OR REPLACE VIEW agg_1d AS
+SELECT * FROM {agg_1d_source};
 
 -- Every alert record once (a record re-written after a restart has its twin's id),
 -- evidence as JSON.
