@@ -13,12 +13,13 @@ from typing import Any
 
 import click
 
+from jobs.journal import JobError
 from pipeline import broker, services, topics
 from pipeline.config import ConfigError, Settings, describe, load_settings
 from schemas import alerts as A
 
 EXPECTED_ERRORS: tuple[type[Exception], ...] = (
-    ConfigError, broker.BrokerError, topics.TopicSpecError, services.ServiceError)
+    ConfigError, broker.BrokerError, topics.TopicSpecError, services.ServiceError, JobError)
 
 #: Background services `up` starts, in order (`down` stops them in reverse).
 SERVICES = ("ingest", "worker", "notify")
@@ -569,9 +570,11 @@ def demo(ctx: click.Context, keep: bool) -> None:
 
 
 def _register_generate() -> None:
+    from pipeline.lake_cli import jobs_group
     from pipeline.traffic.cli import generate_command
 
     main.add_command(generate_command, "generate")
+    main.add_command(jobs_group, "jobs")
 
 
 _register_generate()

@@ -29,6 +29,8 @@ def build(settings: Settings):
     windows = (detect_stage.register_windows(app, settings) if "detect_windows" in stages
                else None)
     sink = lake_stage.register(app, settings) if "lake" in stages else None
+    if sink is not None and settings.jobs.every_s > 0:
+        _schedule_jobs(app, settings)
     if settings.stream.metrics_port:
         _serve_metrics(app, settings, agg, sessions, windows, sink)
     marker = ready_file(settings)
@@ -54,6 +56,29 @@ def build(settings: Settings):
         marker.write_text("ready\n")
 
     return app
+
+
+def _schedule_jobs(app, settings: Settings) -> None:
+    """Compaction, rollups and retention every ``jobs.every_s``, on a thread (they read
+    and write files; the stream stages keep the event loop). The lake's job lock keeps
+    several workers (or a ``llmspend jobs`` run) from overlapping."""
+    from jobs import run_scheduled
+
+    log = logging.getLogger("llmspend.jobs")
+
+    @app.timer(interval=settings.jobs.every_s)
+    async def _lake_jobs() -> None:
+        try:
+            r = await asyncio.get_running_loop().run_in_executor(None, run_scheduled,
+                                                                 settings)
+        except Exception:  # a failed run is retried next time; the lake stays valid
+            log.exception("lake jobs failed")
+            return
+        log.info("lake jobs: compacted %d partition(s) (%d files -> %d, %d twins dropped), "
+                 "rolled up %d day(s), retention deleted %d partition(s)%s",
+                 r.compact.partitions, r.compact.files_in, r.compact.files_out,
+                 r.compact.twins_dropped, r.rollup.days, len(r.retention.expired),
+                 f", skipped: {r.compact.skipped}" if r.compact.skipped else "")
 
 
 def _serve_metrics(app, settings: Settings, agg, sessions, windows, sink) -> None:
