@@ -1,4 +1,5 @@
-"""``llmspend jobs ...``: the lake's maintenance jobs from a shell (or cron).
+"""The lake's commands: ``llmspend jobs ...`` (maintenance, from a shell or cron),
+``llmspend report`` (the KPI report) and ``llmspend export focus`` (FinOps FOCUS).
 
 Each prints what it did in a line or two; ``--json`` prints the same as one JSON object
 for scripts. The jobs themselves live in ``jobs/``.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import sys
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -219,3 +221,108 @@ def jobs_reprice(ctx: click.Context, since: str, until: str | None, tenant: str 
         f"           {r.aggregates_changed} agg_1m partial(s) adjusted, "
         f"{r.aggregates_missing} missing, {r.key_changed} call(s) skipped (model changed), "
         f"{r.days_rolled_up} day(s) rolled up again"])
+
+
+def _connect(ctx: click.Context, data_dir: str | None) -> tuple[Settings, Any]:
+    from pipeline.analytics import connect
+
+    settings = _settings(ctx.find_root())
+    return settings, connect(Path(data_dir) if data_dir else settings.lake_dir)
+
+
+def _report_options(fn: Any) -> Any:
+    from pipeline.report import BY_CHOICES, COMPARE_HELP, FORMATS, PERIOD_HELP
+
+    for option in reversed([
+        click.option("--since", default="7d", show_default=True, metavar="PERIOD",
+                     help=PERIOD_HELP),
+        click.option("--until", default=None, metavar="WHEN",
+                     help="End of the period, exclusive: a date, 2026-11-10T14:00 (UTC) "
+                          "or now (default: now, on the minute)."),
+        click.option("--by", type=click.Choice(BY_CHOICES), default="team",
+                     show_default=True, help="Group the main cost and quality tables by."),
+        click.option("--tenant", default=None, help="Only this tenant (and its budgets)."),
+        click.option("--compare", "compare_spec", default=None, metavar="A..B",
+                     help=COMPARE_HELP),
+        click.option("--format", "fmt", type=click.Choice(FORMATS), default="table",
+                     show_default=True,
+                     help="table (terminal), markdown, csv (long: section,row,key,metric,"
+                          "value; exact) or json (money as decimal strings; exact)."),
+        click.option("--out", type=click.Path(dir_okay=False), default=None,
+                     help="Write the report to this file instead of the terminal."),
+        click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+                     help="The lake (default: the configured data_dir)."),
+    ]):
+        fn = option(fn)
+    return fn
+
+
+@click.command("report")
+@_report_options
+@click.pass_context
+@_expected_errors
+def report_command(ctx: click.Context, since: str, until: str | None, by: str,
+                   tenant: str | None, compare_spec: str | None, fmt: str, out: str | None,
+                   data_dir: str | None) -> None:
+    """The steering committee's KPIs over a period, from the lake.
+
+    Cost per request and per business unit (tokens, infrastructure, operations), per
+    active user and per team against budgets, P95 latency, success, timeout, fallback
+    and escalation rates, cache savings, unpriced calls, top sessions and agents,
+    change against the previous period, effective against list cost per provider.
+    """
+    from pipeline.report import ReportError, compare, kpis, parse_compare, parse_period, render
+
+    settings, con = _connect(ctx, data_dir)
+    try:
+        if compare_spec:
+            a, b = parse_compare(compare_spec, parse_period(since, until), tenant=tenant)
+            rep = compare(con, settings, a, b)
+        else:
+            rep = kpis(con, settings, since, until, by=by, tenant=tenant)
+    except ReportError as exc:
+        raise click.UsageError(str(exc)) from None
+    text = render(rep, fmt)
+    if out:
+        Path(out).write_text(text)
+        click.echo(f"report written to {out}", err=True)
+    else:
+        click.echo(text, nl=False)
+
+
+@click.group("export")
+def export_group() -> None:
+    """Export lake data in other tools' formats."""
+
+
+@export_group.command("focus")
+@click.option("--month", required=True, metavar="YYYY-MM", help="The UTC month to export.")
+@click.option("--out", default=".", show_default=True,
+              help="A directory (files named focus-YYYY-MM.parquet/.csv) or a path prefix.")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="The lake (default: the configured data_dir).")
+@click.pass_context
+@_expected_errors
+def export_focus(ctx: click.Context, month: str, out: str, data_dir: str | None) -> None:
+    """A month of LLM spend as a FinOps FOCUS 1.2 cost dataset (Parquet and CSV).
+
+    Refuses to write an export that breaks a FOCUS column rule (and prints the rules).
+    """
+    from pipeline import focus
+
+    try:
+        first = focus.parse_month(month)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--month") from None
+    settings, con = _connect(ctx, data_dir)
+    table = focus.charges(con, first, settings)
+    problems = focus.validate(table)
+    if problems:
+        for p in problems[:20]:
+            click.echo(f"llmspend: error: FOCUS rule broken: {p}", err=True)
+        sys.exit(2)
+    parquet, csv_path = focus.write(table, out)
+    costs = sum((v for v in table.column("EffectiveCost").to_pylist() if v is not None),
+                Decimal(0))
+    click.echo(f"focus     {table.num_rows} charge row(s), EffectiveCost {costs} USD -> "
+               f"{parquet}, {csv_path}")
