@@ -168,3 +168,49 @@ def test_a_worker_killed_at_an_observed_lake_offset_loses_and_doubles_nothing(
     assert all(lake.committed(fs, L.CALLS)[p] >= o for p, o in observed.items())
     assert (n, cost) == (truth.calls, truth.list_cost_usd)
     assert (agg_n, agg_cost) == topic_totals(kafka_settings, start, tenant)
+
+
+def test_the_workers_scheduled_jobs_compact_while_the_sink_lands_and_lose_nothing(
+        kafka_settings, tmp_path):
+    """Traffic of three hours ago (closed partitions) lands while the worker runs the
+    lake jobs every 2 s: compaction swaps files the sink keeps adding to, rollups
+    follow, and the lake still equals the truth and the topic."""
+    import datetime as dt
+
+    from jobs import run_scheduled
+    from pipeline.config import load_settings
+
+    tenant = f"jobs-{uuid.uuid4().hex[:8]}"
+    token = f"tok-{uuid.uuid4().hex}"
+    opts = Options(seed=8, calls=2000, rate=60.0, service_prefix=f"{uuid.uuid4().hex[:6]}-",
+                   start_time_ns=(time.time_ns() // 10**9 - 3 * 3600) * 10**9)
+    truth = generate(opts, dry_run=True, tenant_tokens={tenant: token}).truth
+    app_id = f"llmspend-test-{uuid.uuid4().hex[:8]}"
+    data = tmp_path / "data"
+    start = end_offsets(kafka_settings, LLM_AGG_1M)
+    env = {**env_for(app_id), "LLMSPEND_JOBS_EVERY_S": "2", "LLMSPEND_JOBS_CLOSED_AFTER_S": "0"}
+    with receiver({"LLMSPEND_HASH_KEY": HASH_KEY,
+                   "LLMSPEND_INGEST_TOKENS": f"{token}={tenant}"}) as ep, \
+            Watch(data, tenant, truth.calls) as watch, worker_process(tmp_path, env):
+        res = generate(opts, protocol="http", endpoint=ep["http"],
+                       tenant_tokens={tenant: token}, max_rate=False)
+        assert res.emitted.failed == 0
+        n, cost, agg_n, agg_cost = wait_for(kafka_settings, start, data, tenant, truth)
+        time.sleep(5)                         # at least one more scheduled run
+        log = (tmp_path / "worker.log").read_text() if (tmp_path / "worker.log").exists() \
+                else ""
+    assert (n, cost) == (truth.calls, truth.list_cost_usd)
+    assert (agg_n, agg_cost) == topic_totals(kafka_settings, start, tenant)
+    assert watch.seen and max(watch.seen) <= truth.calls
+    assert all(b >= a for a, b in zip(watch.seen, watch.seen[1:], strict=False))
+    fs = LocalFS(data)
+    compacted = [f for f in fs.list("calls", ".parquet") if "/compact-" in f]
+    assert compacted, f"the worker never compacted: {log[-2000:]}"
+    settings = load_settings(env={"LLMSPEND_HASH_KEY": HASH_KEY, "LLMSPEND_DATA_DIR": str(data),
+                                  "LLMSPEND_JOBS_CLOSED_AFTER_S": "0"})
+    run_scheduled(settings, now=dt.datetime.now(dt.UTC) + dt.timedelta(days=1))
+    assert lake_totals(data, tenant) == (n, cost, agg_n, agg_cost)
+    con = connect(data)
+    rolled = con.execute("SELECT sum(calls), sum(cost_usd) FROM agg_1d WHERE view = 'group' "
+                         "AND tenant = ?", [tenant]).fetchone()
+    assert rolled == (agg_n, agg_cost)
