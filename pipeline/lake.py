@@ -96,7 +96,9 @@ def _read_ndjson(dataset: L.Dataset, live: list[tuple[int, int, bytes]]) -> pa.T
     for f in schema:
         if not f.nullable and t.column(f.name).null_count:
             raise ValueError(f"{f.name} is null or missing")
-    missing = set(schema.names) - _present_fields(body)
+    # Required fields must be there; a nullable one may be absent (a record written
+    # before that column existed lands with it null), a misspelled one is unexpected.
+    missing = {f.name for f in schema if not f.nullable} - _present_fields(body)
     if missing:
         raise ValueError(f"missing fields: {sorted(missing)[:5]}")
     # Each record's partition and offset, repeated once per line (per batch, in numpy).

@@ -142,6 +142,22 @@ def test_a_bad_record_is_rejected_alone_and_its_neighbours_land(traffic, tmp_pat
     assert lake.committed(LocalFS(tmp_path), L.CALLS) == {0: bad[1] + 2}
 
 
+def test_a_record_from_before_a_new_column_lands_with_it_null(traffic, tmp_path):
+
+    records, _aggs, _truth = traffic
+    p, o, body = next(r for r in records if r[0] == 0)
+    rows = [orjson.loads(line) for line in body.splitlines()]
+    old = b"\n".join(orjson.dumps({k: v for k, v in r.items()
+                                   if k not in ("fees", "prompt_version")}) for r in rows)
+    no_id = orjson.dumps({k: v for k, v in rows[0].items() if k != "call_id"})
+    res = lake.land(LocalFS(tmp_path), L.CALLS, [(p, o, old), (p, o + 1, no_id)])
+    assert [(bp, bo) for bp, bo, _why in res.bad] == [(p, o + 1)]
+    assert "required field" in res.bad[0][2]
+    got = connect(tmp_path).execute(
+        "SELECT count(*), count(fees), count(prompt_version) FROM calls").fetchone()
+    assert got == (len(rows), 0, 0)
+
+
 def test_p95_from_agg_1m_equals_p95_from_calls_for_every_slice(traffic, tmp_path):
     con = calls_and_aggregates(traffic, tmp_path)
     for by in ("model", "tenant", "team", "service", "date_trunc('hour', window_start)"):
