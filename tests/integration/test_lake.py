@@ -182,7 +182,7 @@ def test_the_workers_scheduled_jobs_compact_while_the_sink_lands_and_lose_nothin
 
     tenant = f"jobs-{uuid.uuid4().hex[:8]}"
     token = f"tok-{uuid.uuid4().hex}"
-    opts = Options(seed=8, calls=2000, rate=60.0, service_prefix=f"{uuid.uuid4().hex[:6]}-",
+    opts = Options(seed=8, calls=1200, rate=60.0, service_prefix=f"{uuid.uuid4().hex[:6]}-",
                    start_time_ns=(time.time_ns() // 10**9 - 3 * 3600) * 10**9)
     truth = generate(opts, dry_run=True, tenant_tokens={tenant: token}).truth
     app_id = f"llmspend-test-{uuid.uuid4().hex[:8]}"
