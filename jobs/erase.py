@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from jobs import journal
-from jobs.partitions import read
+from jobs.partitions import conform, read
 from pipeline.lake_fs import LakeFS
 from pipeline.privacy import keyed_hash
 from schemas import alerts as A
@@ -111,7 +111,8 @@ def erase(fs: LakeFS, key: bytes, user_id: str | None = None, pseudo: str | None
     expected: dict[str, int] = {}
     for ds in (*USER_DATASETS, L.ALERTS):
         for rel in _files_with(fs, ds, values):
-            table = read(fs, ds, [rel])
+            raw = fs.read_parquet(rel)
+            table = conform(ds, raw)
             mask = matches(ds, table, values)
             n = pc.sum(mask).as_py() or 0
             if not n:
@@ -120,8 +121,7 @@ def erase(fs: LakeFS, key: bytes, user_id: str | None = None, pseudo: str | None
             res.files += 1
             left = table.filter(pc.invert(mask))
             if left.num_rows:
-                swap.writes[rel] = left.replace_schema_metadata(
-                    fs.read_parquet(rel).schema.metadata)
+                swap.writes[rel] = left.replace_schema_metadata(raw.schema.metadata)
                 expected[rel] = left.num_rows
             else:
                 swap.removes.append(rel)
