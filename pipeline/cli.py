@@ -570,13 +570,14 @@ def demo(ctx: click.Context, keep: bool) -> None:
 
 
 def _register_generate() -> None:
-    from pipeline.lake_cli import export_group, jobs_group, report_command
+    from pipeline.lake_cli import dashboard_command, export_group, jobs_group, report_command
     from pipeline.traffic.cli import generate_command
 
     main.add_command(generate_command, "generate")
     main.add_command(jobs_group, "jobs")
     main.add_command(report_command, "report")
     main.add_command(export_group, "export")
+    main.add_command(dashboard_command, "dashboard")
 
 
 _register_generate()

@@ -1,5 +1,6 @@
 """The lake's commands: ``llmspend jobs ...`` (maintenance, from a shell or cron),
-``llmspend report`` (the KPI report) and ``llmspend export focus`` (FinOps FOCUS).
+``llmspend report`` (the KPI report), ``llmspend export focus`` (FinOps FOCUS) and
+``llmspend dashboard`` (the offline HTML page).
 
 Each prints what it did in a line or two; ``--json`` prints the same as one JSON object
 for scripts. The jobs themselves live in ``jobs/``.
@@ -326,3 +327,43 @@ def export_focus(ctx: click.Context, month: str, out: str, data_dir: str | None)
                 Decimal(0))
     click.echo(f"focus     {table.num_rows} charge row(s), EffectiveCost {costs} USD -> "
                f"{parquet}, {csv_path}")
+
+
+@click.command("dashboard")
+@click.option("--since", default="7d", show_default=True, metavar="PERIOD",
+              help="The period shown (as llmspend report: 7d, 2026-11-10, 2026-W46, "
+                   "2026-11, START..END).")
+@click.option("--until", default=None, metavar="WHEN", help="End of the period, exclusive.")
+@click.option("--tenant", default=None, help="Only this tenant.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="Write the page here (default llmspend-dashboard.html).")
+@click.option("--port", type=int, default=None,
+              help="Serve the page on this port instead; each reload re-reads the lake.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to serve on.")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="The lake (default: the configured data_dir).")
+@click.pass_context
+@_expected_errors
+def dashboard_command(ctx: click.Context, since: str, until: str | None,
+                      tenant: str | None, out: str | None, port: int | None, host: str,
+                      data_dir: str | None) -> None:
+    """A self-contained HTML dashboard of the lake (works offline, no CDN)."""
+    from pipeline import dashboard
+    from pipeline.report import ReportError, parse_period
+
+    settings, con = _connect(ctx, data_dir)
+    try:
+        period = parse_period(since, until)
+
+        def build() -> str:
+            return dashboard.render(dashboard.data(con, settings, period, tenant))
+        html = build()
+    except ReportError as exc:
+        raise click.UsageError(str(exc)) from None
+    if port is not None:
+        click.echo(f"dashboard http://{host}:{port}/ (Ctrl-C to stop)")
+        dashboard.serve(build, host, port)
+        return
+    path = Path(out or "llmspend-dashboard.html")
+    dashboard.write(html, path)
+    click.echo(f"dashboard written to {path.resolve()} ({len(html.encode()) / 1e3:,.0f} KB)")

@@ -81,3 +81,13 @@ def test_export_focus_writes_parquet_and_csv_that_sum_to_the_calls(data_dir, tmp
     assert sum(table.column("EffectiveCost").to_pylist(), Decimal(0)) == cost
     bad = _run("export", "focus", "--month", "2026-13", "--data-dir", str(data_dir))
     assert bad.exit_code == 2
+
+
+def test_dashboard_writes_one_self_contained_page(data_dir, tmp_path):
+    out = tmp_path / "d.html"
+    r = _run("dashboard", "--data-dir", str(data_dir), "--since", "2026-11-10", "--out",
+             str(out))
+    assert r.exit_code == 0, r.output
+    html = out.read_text()
+    assert 'id="llmspend-data"' in html and "data-chart" in html
+    assert "https://" not in html.split('id="llmspend-data"')[0]
