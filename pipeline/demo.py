@@ -220,6 +220,8 @@ def run(settings: Settings, echo: Callable[[str], Any]) -> None:
     _show_loop_alerts(settings, endpoint, echo)
     echo("")
     _show_lake(settings, session, len(calls), echo)
+    echo("")
+    _show_report_and_dashboard(settings, echo)
     echo("demo      ok")
 
 
@@ -245,3 +247,28 @@ def _show_lake(settings: Settings, session: str, n: int, echo: Callable[[str], A
     echo(f"  llmspend sql \"{sql.replace('?', repr(session + '%'))}\"")
     for team, calls, cost in rows:
         echo(f"  team {team or '-':<10} {calls:>3} calls {cost if cost is not None else 0:>16} USD")
+
+
+def _show_report_and_dashboard(settings: Settings, echo: Callable[[str], Any]) -> None:
+    """The KPI report's summary of the last 24 hours, and the dashboard page, from the
+    lake the demo just filled (plus whatever earlier runs left there)."""
+    import dataclasses
+    import datetime as dt
+
+    from pipeline import dashboard
+    from pipeline.analytics import connect
+    from pipeline.report import kpis, parse_period, render
+
+    con = connect(settings.lake_dir)
+    now = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0) + dt.timedelta(minutes=1)
+    period = parse_period("24h", now)
+    rep = kpis(con, settings, period)
+    summary = dataclasses.replace(rep, sections=[rep.section("summary")], warnings=[])
+    echo("report    the KPI report of the last 24 hours (summary; the whole report: "
+         "llmspend report --since 24h):")
+    for line in render(summary, "table").splitlines():
+        echo("  " + line)
+    path = settings.state_dir / "dashboard.html"
+    dashboard.write(dashboard.render(dashboard.data(con, settings, period)), path)
+    echo(f"dashboard {path.resolve()} (open it in a browser; it works offline; live: "
+         f"llmspend dashboard --since 24h --port 8050)")
