@@ -32,7 +32,6 @@ import statistics
 import sys
 import tempfile
 import time
-from decimal import Decimal
 from pathlib import Path
 
 import pyarrow as pa
@@ -49,11 +48,12 @@ from jobs.erase import erase
 from jobs.partitions import partitions
 from jobs.reprice import reprice
 from jobs.rollup import rollup
-from pipeline import lake, pricing
+from pipeline import lake
 from pipeline.analytics import connect, readme_questions
 from pipeline.config import load_settings
 from pipeline.lake_fs import LocalFS
 from pipeline.traffic.offline import (
+    corrected_catalog,
     llm_agg_1m_records,
     llm_calls_records,
     with_offsets,
@@ -81,21 +81,6 @@ def baseline_merge(root: Path) -> float:
 
 def questions(con, runs: int = 3) -> list[float]:
     return [timed(con, sql, runs)[0] for sql in readme_questions()]
-
-
-def doubled_catalog(path: Path, model: str) -> Path:
-    """The shipped catalog with ``model``'s input prices doubled (a correction)."""
-    src = pricing.load_catalog()
-    out, inside = [], False
-    for line in Path(src.origin).read_text().splitlines():
-        if line.strip().startswith("model ="):
-            inside = line.split("=", 1)[1].strip().strip('"') == model
-        if inside and line.strip().startswith("input ="):
-            value = Decimal(line.split("=", 1)[1].strip().strip('"'))
-            line = line.split("=", 1)[0] + f'= "{value * 2}"'
-        out.append(line)
-    path.write_text("\n".join(out) + "\n")
-    return path
 
 
 def main() -> None:
@@ -181,7 +166,7 @@ def main() -> None:
             "SELECT model, dt FROM calls WHERE priced AND model IS NOT NULL "
             "GROUP BY ALL ORDER BY count(*) DESC LIMIT 1").fetchone()
         s = load_settings(env={"LLMSPEND_HASH_KEY": KEY, "LLMSPEND_PRICING_CATALOG":
-                               str(doubled_catalog(tmp / "catalog.toml", model))})
+                               str(corrected_catalog(tmp / "catalog.toml", model))})
         t0 = time.perf_counter()
         with journal.locked(fs):
             p = reprice(fs, s, day, day + dt.timedelta(days=1), now=later)

@@ -99,3 +99,45 @@ def with_offsets(records) -> list[tuple[int, int, bytes]]:
         out.append((part, offsets.get(part, 0), rest[-1]))
         offsets[part] = offsets.get(part, 0) + 1
     return out
+
+
+def land_lake(root, calls: list[tuple[int, int, bytes]], partitions: int,
+              datasets: tuple[str, ...] = ("calls", "agg_1m", "alerts"),
+              flush_records: int | None = None) -> None:
+    """Land ``calls`` (from :func:`llm_calls_records`) and the partials and alerts the
+    stages would derive from them in a lake at ``root``, as the sink would: one flush
+    per ``flush_records`` records per dataset (None: one flush), so a test or benchmark
+    can have a lake of many small files."""
+    from pipeline import lake
+    from pipeline.lake_fs import LocalFS
+    from schemas import lake as L
+
+    fs = LocalFS(root)
+    derive = {"calls": lambda: calls, "agg_1m": lambda: llm_agg_1m_records(calls, partitions),
+              "alerts": lambda: llm_alerts_records(calls, partitions)}
+    for name in datasets:
+        records = with_offsets(derive[name]())
+        step = flush_records or max(1, len(records))
+        writers: dict = {}
+        for i in range(0, len(records), step):
+            lake.land(fs, L.DATASETS[name], records[i:i + step], writers)
+
+
+def corrected_catalog(path, model: str, factor: int = 2):
+    """The shipped pricing catalog with every input price of ``model`` multiplied by
+    ``factor``, written to ``path``: a catalog correction for reprice tests and benches."""
+    from decimal import Decimal
+    from pathlib import Path
+
+    from pipeline import pricing
+
+    out, inside = [], False
+    for line in Path(pricing.load_catalog().origin).read_text().splitlines():
+        if line.strip().startswith("model ="):
+            inside = line.split("=", 1)[1].strip().strip('"') == model
+        if inside and line.strip().startswith("input ="):
+            value = Decimal(line.split("=", 1)[1].strip().strip('"'))
+            line = line.split("=", 1)[0] + f'= "{value * factor}"'
+        out.append(line)
+    Path(path).write_text("\n".join(out) + "\n")
+    return Path(path)

@@ -25,23 +25,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 
 from pipeline import dashboard as D
-from pipeline import lake, sketch
+from pipeline import sketch
 from pipeline.analytics import connect, prices_table
 from pipeline.config import load_settings
-from pipeline.lake_fs import LocalFS
-from pipeline.traffic.offline import (
-    llm_agg_1m_records,
-    llm_alerts_records,
-    llm_calls_records,
-    with_offsets,
-)
+from pipeline.traffic.offline import land_lake, llm_calls_records
 from pipeline.traffic.plan import Options
-from schemas import lake as L
 from schemas.latency_buckets import N_BUCKETS
+from tests.unit.lake_rows import calls_once, latest_partials, parquet_rows
 
 UTC = dt.UTC
 T0 = dt.datetime(2026, 11, 10, 10, tzinfo=UTC)
@@ -79,35 +72,18 @@ def lake_dir(tmp_path_factory, settings):
                    tenants=("acme", "globex"), scenarios=("runaway-loop", "unknown-model"))
     calls = llm_calls_records(opts, settings, 4)
     d = tmp_path_factory.mktemp("dash-lake")
-    fs = LocalFS(d)
-    lake.land(fs, L.CALLS, with_offsets(calls))
-    lake.land(fs, L.AGG_1M, with_offsets(llm_agg_1m_records(calls, 4)))
-    lake.land(fs, L.ALERTS, with_offsets(llm_alerts_records(calls, 4)))
+    land_lake(d, calls, 4)
     return d
-
-
-def _files(d: Path, dataset: str) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
-    for f in sorted((d / dataset).rglob("*.parquet")):
-        rows += pq.ParquetFile(f).read().to_pylist()
-    return rows
 
 
 @pytest.fixture(scope="module")
 def calls(lake_dir) -> list[dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
-    for r in _files(lake_dir, "calls"):
-        out.setdefault(r["call_id"], r)
-    return list(out.values())
+    return calls_once(lake_dir)
 
 
 @pytest.fixture(scope="module")
 def partials(lake_dir) -> list[dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
-    for r in _files(lake_dir, "agg_1m"):
-        if r["agg_id"] not in out or r["_kafka_offset"] > out[r["agg_id"]]["_kafka_offset"]:
-            out[r["agg_id"]] = r
-    return list(out.values())
+    return latest_partials(lake_dir)
 
 
 @pytest.fixture(scope="module")
@@ -277,7 +253,7 @@ def test_budget_burn_down_is_spend_so_far_and_its_linear_projection(calls, built
 def test_alerts_timeline_and_the_session_drill_down(lake_dir, calls, built):
     d, period = built
     latest: dict[str, dict[str, Any]] = {}
-    for r in sorted(_files(lake_dir, "alerts"), key=lambda r: r["_kafka_offset"]):
+    for r in sorted(parquet_rows(lake_dir, "alerts"), key=lambda r: r["_kafka_offset"]):
         latest[r["dedup_key"]] = r
     want = sorted((a for a in latest.values()
                    if a["first_seen"] < period.end and (a["last_seen"] or a["first_seen"])

@@ -24,16 +24,11 @@ from jobs.partitions import partitions, read
 from jobs.reprice import reprice
 from jobs.retention import retention
 from jobs.rollup import rollup
-from pipeline import lake, pricing
+from pipeline import pricing
 from pipeline.analytics import connect
 from pipeline.config import load_settings
 from pipeline.lake_fs import LocalFS
-from pipeline.traffic.offline import (
-    llm_agg_1m_records,
-    llm_alerts_records,
-    llm_calls_records,
-    with_offsets,
-)
+from pipeline.traffic.offline import corrected_catalog, land_lake, llm_calls_records
 from pipeline.traffic.plan import Options
 from schemas import lake as L
 
@@ -47,12 +42,6 @@ def _settings(**env: str):
     return load_settings(env={"LLMSPEND_HASH_KEY": KEY, **env})
 
 
-def _land_in_chunks(fs: LocalFS, ds: L.Dataset, records, chunk: int) -> None:
-    writers: dict = {}
-    for i in range(0, len(records), chunk):
-        lake.land(fs, ds, records[i:i + chunk], writers)
-
-
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory) -> Path:
     """Forty minutes of traffic around midnight, landed 40 records per flush (so each
@@ -63,10 +52,7 @@ def pristine(tmp_path_factory) -> Path:
     step = len(calls) // TWINS            # a few records sent twice (a client retry)
     calls = [r for i, rec in enumerate(calls) for r in ([rec, rec] if i % step == 0 else [rec])]
     d = tmp_path_factory.mktemp("lake")
-    fs = LocalFS(d)
-    _land_in_chunks(fs, L.CALLS, with_offsets(calls), 40)
-    _land_in_chunks(fs, L.AGG_1M, with_offsets(llm_agg_1m_records(calls, 4)), 60)
-    _land_in_chunks(fs, L.ALERTS, with_offsets(llm_alerts_records(calls, 4)), 3)
+    land_lake(d, calls, 4, flush_records=40)
     return d
 
 
@@ -323,8 +309,7 @@ def test_erasure_finds_pseudonymised_users_by_their_clear_id(tmp_path):
     opts = Options(seed=3, calls=400, start_time_ns=int(START.timestamp()) * 10**9)
     calls = llm_calls_records(opts, s, 2)
     fs = LocalFS(tmp_path)
-    lake.land(fs, L.CALLS, with_offsets(calls))
-    lake.land(fs, L.AGG_1M, with_offsets(llm_agg_1m_records(calls, 2)))
+    land_lake(tmp_path, calls, 2, ("calls", "agg_1m"))
     con = connect(tmp_path)
     stored = {r[0] for r in con.execute("SELECT DISTINCT user_id FROM calls").fetchall()} - {None}
     plain = {json.loads(line)["user_id"] for _p, _t, body in
@@ -339,30 +324,13 @@ def test_erasure_finds_pseudonymised_users_by_their_clear_id(tmp_path):
 # ------------------------------------------------------------------ reprice
 
 
-def _corrected_catalog(tmp_path: Path, model: str) -> Path:
-    """The shipped catalog with every input price of ``model`` doubled."""
-    src = pricing.load_catalog()
-    text = Path(src.origin).read_text() if src.origin else ""
-    out, inside = [], False
-    for line in text.splitlines():
-        if line.strip().startswith("model ="):
-            inside = line.split("=", 1)[1].strip().strip('"') == model
-        if inside and line.strip().startswith("input ="):
-            value = Decimal(line.split("=", 1)[1].strip().strip('"'))
-            line = line.split("=", 1)[0] + f'= "{value * 2}"'
-        out.append(line)
-    path = tmp_path / "catalog.toml"
-    path.write_text("\n".join(out) + "\n")
-    return path
-
-
 def test_reprice_changes_exactly_the_affected_calls_and_aggregates(data, tmp_path):
     fs = LocalFS(data)
     rollup(fs, LATER, 3600)
     con = connect(data)
     model = con.execute("SELECT model FROM calls WHERE priced AND kind = 'llm' AND model IS NOT "
                     "NULL GROUP BY model ORDER BY count(*) DESC LIMIT 1").fetchone()[0]
-    catalog_path = _corrected_catalog(tmp_path, model)
+    catalog_path = corrected_catalog(tmp_path / "catalog.toml", model)
     assert pricing.load_catalog(catalog_path).entries != pricing.load_catalog().entries
     before_calls = {r[0]: r[1:] for r in con.execute(
         "SELECT call_id, cost_usd, list_cost_usd, model, input_tokens, cached_input_tokens, "
@@ -408,7 +376,7 @@ def test_reprice_changes_exactly_the_affected_calls_and_aggregates(data, tmp_pat
 def test_reprice_dry_run_reports_and_changes_nothing(data, tmp_path):
     model = connect(data).execute("SELECT model FROM calls WHERE priced AND kind = 'llm' AND "
                               "model IS NOT NULL LIMIT 1").fetchone()[0]
-    s = _settings(LLMSPEND_PRICING_CATALOG=str(_corrected_catalog(tmp_path, model)))
+    s = _settings(LLMSPEND_PRICING_CATALOG=str(corrected_catalog(tmp_path / "catalog.toml", model)))
     before = files(data, "calls")
     res = reprice(LocalFS(data), s, dt.date(2026, 11, 10), dt.date(2026, 11, 12),
                   dry_run=True)

@@ -11,14 +11,11 @@ import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
-from pipeline import lake
 from pipeline.analytics import connect
 from pipeline.cli import main
 from pipeline.config import load_settings
-from pipeline.lake_fs import LocalFS
-from pipeline.traffic.offline import llm_agg_1m_records, llm_calls_records, with_offsets
+from pipeline.traffic.offline import land_lake, llm_calls_records
 from pipeline.traffic.plan import Options
-from schemas import lake as L
 
 KEY = "lake-cli-test-key-0123456789abcdef"
 START = dt.datetime(2026, 11, 10, 9, 0, tzinfo=dt.UTC)
@@ -30,8 +27,7 @@ def data_dir(tmp_path_factory):
     opts = Options(seed=11, calls=800, start_time_ns=int(START.timestamp()) * 10**9)
     calls = llm_calls_records(opts, settings, 2)
     d = tmp_path_factory.mktemp("lake")
-    lake.land(LocalFS(d), L.CALLS, with_offsets(calls))
-    lake.land(LocalFS(d), L.AGG_1M, with_offsets(llm_agg_1m_records(calls, 2)))
+    land_lake(d, calls, 2, ("calls", "agg_1m"))
     return d
 
 

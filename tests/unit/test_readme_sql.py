@@ -15,19 +15,11 @@ import time
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import lake
 from pipeline.analytics import connect, readme_questions
 from pipeline.config import load_settings
-from pipeline.lake_fs import LocalFS
 from pipeline.sql_shell import SqlError, run, shell
-from pipeline.traffic.offline import (
-    llm_agg_1m_records,
-    llm_alerts_records,
-    llm_calls_records,
-    with_offsets,
-)
+from pipeline.traffic.offline import land_lake, llm_calls_records
 from pipeline.traffic.plan import Options
-from schemas import lake as L
 
 
 @pytest.fixture(scope="module")
@@ -40,10 +32,7 @@ def data_dir(tmp_path_factory):
                    scenarios=("runaway-loop", "unknown-model"))
     calls = llm_calls_records(opts, settings, 4)
     d = tmp_path_factory.mktemp("lake")
-    fs = LocalFS(d)
-    lake.land(fs, L.CALLS, with_offsets(calls))
-    lake.land(fs, L.AGG_1M, with_offsets(llm_agg_1m_records(calls, 4)))
-    lake.land(fs, L.ALERTS, with_offsets(llm_alerts_records(calls, 4)))
+    land_lake(d, calls, 4)
     return d
 
 

@@ -27,18 +27,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import analytics, lake, sketch
+from pipeline import analytics, sketch
 from pipeline import report as R
 from pipeline.analytics import connect
 from pipeline.budget import parse_budgets
 from pipeline.config import load_settings
-from pipeline.lake_fs import LocalFS
 from pipeline.pricing import load_catalog
 from pipeline.traffic import offline
-from pipeline.traffic.offline import llm_agg_1m_records, llm_calls_records, with_offsets
+from pipeline.traffic.offline import land_lake, llm_calls_records
 from pipeline.traffic.plan import Options
-from schemas import lake as L
 from schemas.latency_buckets import N_BUCKETS
+from tests.unit.lake_rows import calls_once, latest_partials
 
 UTC = dt.UTC
 GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "report.md"
@@ -108,37 +107,18 @@ def lake_dir(tmp_path_factory, settings):
             calls += llm_calls_records(opts, settings, 4)
     calls.sort(key=lambda r: r[1])
     d = tmp_path_factory.mktemp("report-lake")
-    fs = LocalFS(d)
-    lake.land(fs, L.CALLS, with_offsets(calls))
-    lake.land(fs, L.AGG_1M, with_offsets(llm_agg_1m_records(calls, 4)))
+    land_lake(d, calls, 4, ("calls", "agg_1m"))
     return d
-
-
-def _files(d: Path, dataset: str) -> list[dict[str, Any]]:
-    """Every row of a dataset's Parquet files (read one by one: no hive inference)."""
-    rows = []
-    for f in sorted((d / dataset).rglob("*.parquet")):
-        rows += pq.ParquetFile(f).read().to_pylist()
-    return rows
 
 
 @pytest.fixture(scope="module")
 def calls(lake_dir) -> list[dict[str, Any]]:
-    """Every call once (a retry twin has the same call_id)."""
-    out: dict[str, dict[str, Any]] = {}
-    for r in _files(lake_dir, "calls"):
-        out.setdefault(r["call_id"], r)
-    return list(out.values())
+    return calls_once(lake_dir)
 
 
 @pytest.fixture(scope="module")
 def partials(lake_dir) -> list[dict[str, Any]]:
-    """The latest version of every 1-minute partial."""
-    out: dict[str, dict[str, Any]] = {}
-    for r in _files(lake_dir, "agg_1m"):
-        if r["agg_id"] not in out or r["_kafka_offset"] > out[r["agg_id"]]["_kafka_offset"]:
-            out[r["agg_id"]] = r
-    return list(out.values())
+    return latest_partials(lake_dir)
 
 
 @pytest.fixture(scope="module")
