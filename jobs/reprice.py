@@ -38,7 +38,7 @@ import pyarrow.compute as pc
 
 from jobs import journal
 from jobs.compact import keep_once
-from jobs.partitions import partitions, read
+from jobs.partitions import Partition, partitions, read
 from pipeline import pricing
 from pipeline.config import Settings
 from pipeline.lake_fs import LakeFS
@@ -184,11 +184,10 @@ def _agg_key(view: str, r: dict[str, Any]) -> tuple:
     return (view, *(r[c] for c in G.VIEW_KEYS[view]))
 
 
-def _apply_deltas(fs: LakeFS, tenant: str, day: dt.date, deltas: dict[AggKey, Delta],
+def _apply_deltas(fs: LakeFS, part: Partition | None, deltas: dict[AggKey, Delta],
                   swap: journal.Swap, expect: dict[str, Decimal], res: RepriceResult) -> None:
-    """Add the day's changes to one partial per (view, key, minute) of agg_1m."""
-    part = next((p for p in partitions(fs, L.AGG_1M)
-                 if p.tenant == tenant and p.day == day), None)
+    """Add the day's changes to one partial per (view, key, minute) of its agg_1m
+    partition (``part``; None when the lake has none for that day)."""
     if part is None:
         res.aggregates_missing += len(deltas)
         return
@@ -259,9 +258,10 @@ def reprice(fs: LakeFS, settings: Settings, since: dt.date, until: dt.date,
                 swap.writes[f] = out.replace_schema_metadata(table.schema.metadata)
                 expect[f] = pc.sum(out.column(C.COST_USD)).as_py() or ZERO
                 res.files += 1
-    for (t, day), deltas in sorted(deltas_by_day.items()):
+    agg_days = {(p.tenant, p.day): p for p in partitions(fs, L.AGG_1M)}
+    for key, deltas in sorted(deltas_by_day.items()):
         if deltas:
-            _apply_deltas(fs, t, day, deltas, swap, expect, res)
+            _apply_deltas(fs, agg_days.get(key), deltas, swap, expect, res)
     if dry_run:
         return res
 
