@@ -41,7 +41,7 @@ from schemas import lake as L
 #: version wins (else the earliest).
 IDENTITY: dict[str, tuple[str, bool]] = {
     L.CALLS.name: (C.CALL_ID, False),
-    L.AGG_1M.name: ("agg_id", True),
+    L.AGG_1M.name: (G.AGG_ID, True),
     L.ALERTS.name: (A.ID, False),
 }
 
@@ -80,7 +80,7 @@ def summary(dataset: L.Dataset, table: pa.Table) -> dict[str, int | Decimal]:
     """Row count and the sum of every money and count column: what must survive."""
     out: dict[str, int | Decimal] = {"rows": table.num_rows}
     cols = (C.MONEY_COLUMNS if dataset is L.CALLS
-            else ("cost_usd", "list_cost_usd", *G.COUNT_FIELDS) if dataset is L.AGG_1M
+            else (*G.MONEY_FIELDS, *G.COUNT_FIELDS) if dataset is L.AGG_1M
             else ())
     for name in cols:
         s = pc.sum(table.column(name)).as_py() if table.num_rows else None

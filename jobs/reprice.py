@@ -194,19 +194,19 @@ def _apply_deltas(fs: LakeFS, part: Partition | None, deltas: dict[AggKey, Delta
     tables = {f: read(fs, L.AGG_1M, [f]) for f in part.files}
     located: dict[tuple, tuple[str, str, int]] = {}     # key -> (agg_id, file, row)
     latest, _ = keep_once(L.AGG_1M, pa.concat_tables(tables.values()))
-    live = set(zip(latest.column("agg_id").to_pylist(),
+    live = set(zip(latest.column(G.AGG_ID).to_pylist(),
                    latest.column(L.KAFKA_PARTITION).to_pylist(),
                    latest.column(L.KAFKA_OFFSET).to_pylist(), strict=True))
     for f, t in tables.items():
-        cols = t.select(["agg_id", "view", *G.KEY_COLUMNS, "window_start", L.KAFKA_PARTITION,
+        cols = t.select([G.AGG_ID, G.VIEW, *G.KEY_COLUMNS, G.WINDOW_START, L.KAFKA_PARTITION,
                          L.KAFKA_OFFSET]).to_pylist()
         for i, r in enumerate(cols):
-            if (r["agg_id"], r[L.KAFKA_PARTITION], r[L.KAFKA_OFFSET]) not in live:
+            if (r[G.AGG_ID], r[L.KAFKA_PARTITION], r[L.KAFKA_OFFSET]) not in live:
                 continue
-            ws = r["window_start"]
-            k = (*_agg_key(r["view"], r), _us(ws) // 1000)
-            if k in deltas and (k not in located or r["agg_id"] < located[k][0]):
-                located[k] = (r["agg_id"], f, i)
+            ws = r[G.WINDOW_START]
+            k = (*_agg_key(r[G.VIEW], r), _us(ws) // 1000)
+            if k in deltas and (k not in located or r[G.AGG_ID] < located[k][0]):
+                located[k] = (r[G.AGG_ID], f, i)
     edits: dict[str, dict[int, Delta]] = defaultdict(dict)
     for k, d in deltas.items():
         if k not in located:
@@ -217,19 +217,19 @@ def _apply_deltas(fs: LakeFS, part: Partition | None, deltas: dict[AggKey, Delta
         res.aggregates_changed += 1
     for f, rows in edits.items():
         t = tables[f]
-        cost = t.column("cost_usd").to_pylist()
-        lst = t.column("list_cost_usd").to_pylist()
-        unpriced = t.column("unpriced_calls").to_pylist()
+        cost = t.column(C.COST_USD).to_pylist()
+        lst = t.column(C.LIST_COST_USD).to_pylist()
+        unpriced = t.column(G.UNPRICED_CALLS).to_pylist()
         for i, d in rows.items():
             cost[i] += d[0]
             lst[i] += d[1]
             unpriced[i] += d[2]
-        for name, values in (("cost_usd", cost), ("list_cost_usd", lst),
-                             ("unpriced_calls", unpriced)):
+        for name, values in ((C.COST_USD, cost), (C.LIST_COST_USD, lst),
+                             (G.UNPRICED_CALLS, unpriced)):
             idx = t.schema.get_field_index(name)
             t = t.set_column(idx, t.schema.field(name), pa.array(values, t.schema.field(name).type))
         swap.writes[f] = t
-        expect[f] = pc.sum(tables[f].column("cost_usd")).as_py() + sum(
+        expect[f] = pc.sum(tables[f].column(C.COST_USD)).as_py() + sum(
             (d[0] for d in rows.values()), ZERO)
 
 

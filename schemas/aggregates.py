@@ -25,6 +25,11 @@ import pyarrow as pa
 from schemas import calls as C
 from schemas.latency_buckets import N_BUCKETS, SKETCH
 
+#: Field names the jobs and views address (keys keep their llm_calls names).
+AGG_ID, VIEW, WINDOW_START, UNPRICED_CALLS = "agg_id", "view", "window_start", "unpriced_calls"
+#: Exact decimal sums of a partial (same names as the calls columns they add up).
+MONEY_FIELDS = (C.COST_USD, C.LIST_COST_USD)
+
 VIEW_GROUP, VIEW_USER, VIEW_UNIT = "group", "user", "unit"
 VIEWS = (VIEW_GROUP, VIEW_USER, VIEW_UNIT)
 VIEW_KEYS: dict[str, tuple[str, ...]] = {
@@ -123,5 +128,5 @@ def rfc3339_ms(ms: int) -> str:
     return (_EPOCH + dt.timedelta(milliseconds=ms)).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
-__all__ = ["AGG_1M", "COUNT_FIELDS", "FIELDS", "KEY_COLUMNS", "N_BUCKETS", "ROLLUP", "VIEWS",
-           "VIEW_KEYS", "VIEW_UNIT"]
+__all__ = ["AGG_1M", "AGG_ID", "COUNT_FIELDS", "FIELDS", "KEY_COLUMNS", "N_BUCKETS", "ROLLUP",
+           "VIEWS", "VIEW_KEYS", "VIEW_UNIT"]

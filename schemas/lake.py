@@ -82,7 +82,7 @@ def _with_source(schema: pa.Schema) -> pa.Schema:
 
 CALLS = Dataset("calls", LLM_CALLS, _with_source(C.CALLS), C.START_TIME, True,
                 "one row per call (a client retry's twin is dropped by the `calls` view)")
-AGG_1M = Dataset("agg_1m", LLM_AGG_1M, _with_source(G.AGG_1M), "window_start", False,
+AGG_1M = Dataset("agg_1m", LLM_AGG_1M, _with_source(G.AGG_1M), G.WINDOW_START, False,
                  "1-minute partials, as written to llm_agg_1m (the `agg_1m` view merges "
                  "them)")
 ALERTS = Dataset("alerts", LLM_ALERTS, _with_source(A.ARROW), A.EMITTED_AT, False,
@@ -90,9 +90,9 @@ ALERTS = Dataset("alerts", LLM_ALERTS, _with_source(A.ARROW), A.EMITTED_AT, Fals
 DATASETS: dict[str, Dataset] = {d.name: d for d in (CALLS, AGG_1M, ALERTS)}
 BY_TOPIC: dict[str, Dataset] = {d.topic: d for d in DATASETS.values()}
 
-AGG_1H = Dataset("agg_1h", "", G.ROLLUP, "window_start", False,
+AGG_1H = Dataset("agg_1h", "", G.ROLLUP, G.WINDOW_START, False,
                  "hourly rollup of the agg_1m view (closed days; jobs/rollup.py)")
-AGG_1D = Dataset("agg_1d", "", G.ROLLUP, "window_start", False,
+AGG_1D = Dataset("agg_1d", "", G.ROLLUP, G.WINDOW_START, False,
                  "daily rollup of the agg_1m view (closed days; jobs/rollup.py)")
 ROLLUPS: dict[str, Dataset] = {d.name: d for d in (AGG_1H, AGG_1D)}
 ROLLUP_FILE = "rollup.parquet"
