@@ -115,6 +115,16 @@ def group_offsets(admin, group: str, topic: str) -> dict[int, int]:
             if tp.topic == topic and meta.offset >= 0}
 
 
+def committed_partitions(settings: Settings, group: str) -> set[tuple[str, int]]:
+    """(topic, partition) of every partition ``group`` has committed an offset on."""
+    admin = admin_client(settings)
+    try:
+        offsets = admin.list_group_offsets(group).get(group, {})
+    finally:
+        admin.close()
+    return {(tp.topic, tp.partition) for tp, meta in offsets.items() if meta.offset >= 0}
+
+
 def end_offsets(settings: Settings, topic: str) -> dict[Any, int]:
     """TopicPartition -> end offset of every partition of ``topic``."""
     from kafka import TopicPartition

@@ -6,6 +6,7 @@ import asyncio
 import logging
 from pathlib import Path
 
+from pipeline import clients
 from pipeline.config import Settings
 from pipeline.stream import aggregate_stage, detect_stage, lake_stage, normalise_stage
 from pipeline.stream.app import create_app
@@ -37,13 +38,16 @@ def build(settings: Settings):
 
     @app.on_rebalance_complete.connect
     async def _ready(sender, **_kwargs) -> None:
-        # Resolve every position first (offset reset included): once the marker exists,
-        # nothing produced afterwards can be skipped by a "latest" reset.
+        # Resolve every position first (offset reset included) and pin the new ones:
+        # once the marker exists, nothing produced afterwards can be skipped by a
+        # "latest" reset, not even after a crash before the group's first commit.
+        positions = {}
         for tp in app.consumer.assignment():
             try:
-                await app.consumer.position(tp)
+                positions[tp] = await app.consumer.position(tp)
             except Exception:  # readiness is best effort
                 logging.getLogger(__name__).debug("position of %s", tp, exc_info=True)
+        await _pin_new_partitions(app, settings, positions)
         if windows is not None:
             try:
                 await asyncio.wait_for(windows.positioned.wait(), 60)
@@ -56,6 +60,27 @@ def build(settings: Settings):
         marker.write_text("ready\n")
 
     return app
+
+
+async def _pin_new_partitions(app, settings: Settings, positions: dict) -> None:
+    """Commit the starting position of every partition the group never committed.
+
+    Faust commits only what it processed. A new group starting at "latest" and killed
+    before its first commit would restart at a *new* "latest" and skip everything
+    produced in between; committing where it started closes that gap (at worst the
+    restarted worker reprocesses, which every stage tolerates)."""
+    log = logging.getLogger(__name__)
+    loop = asyncio.get_running_loop()
+    try:
+        committed = await loop.run_in_executor(None, clients.committed_partitions,
+                                               settings, settings.stream.app_id)
+        new = {tp: off for tp, off in positions.items()
+               if off is not None and (tp.topic, tp.partition) not in committed}
+        if new:
+            await app.consumer._commit(new)
+            log.info("pinned the start of %d new partition(s)", len(new))
+    except Exception:  # the old behaviour (commit once processed) is the fallback
+        log.warning("could not pin the start of new partitions", exc_info=True)
 
 
 def _schedule_jobs(app, settings: Settings) -> None:

@@ -28,12 +28,27 @@ pytestmark = pytest.mark.integration
 HASH_KEY = "stage-test-hash-key-0123456789abcdef"
 
 
+APP_ID = f"llmspend-test-{uuid.uuid4().hex[:8]}"
+
+
 @pytest.fixture(scope="module")
 def worker(kafka_settings, tmp_path_factory):
     """A real `llmspend worker` process against the test broker."""
     with worker_process(tmp_path_factory.mktemp("worker-state"),
-                        {"LLMSPEND_HASH_KEY": HASH_KEY}) as proc:
+                        {"LLMSPEND_HASH_KEY": HASH_KEY,
+                         "LLMSPEND_STREAM_APP_ID": APP_ID}) as proc:
         yield proc
+
+
+def test_a_new_group_pins_where_it_started_before_processing_anything(
+        kafka_settings, worker):
+    """Ready means every input partition has a committed offset, so a worker killed
+    before its first commit cannot restart at a later "latest" and skip records."""
+    from pipeline.clients import committed_partitions
+
+    pinned = committed_partitions(kafka_settings, APP_ID)
+    parts = end_offsets(kafka_settings, OTLP_SPANS)
+    assert {(OTLP_SPANS, tp.partition) for tp in parts} <= pinned
 
 
 def _spans(marker: str):
