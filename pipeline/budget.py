@@ -252,7 +252,7 @@ class BudgetBook:
             projected = p.spent / elapsed
             if projected > b.limit_pico:
                 text = (f"{self._who(b)} is on course to spend {usd(int(projected))} USD "
-                        f"this {b.period[:-2] if b.period == 'daily' else 'month'}, over "
+                        f"this {'day' if b.period == 'daily' else 'month'}, over "
                         f"its budget of {usd(b.limit_pico)} USD ({usd(p.spent)} so far).")
                 self._observe(b, p, "projected", A.WARNING, text, None, us, out,
                               projected=int(projected))

@@ -539,30 +539,63 @@ def show_config(ctx: click.Context) -> None:
 
 
 @main.command()
-@click.option("--keep", is_flag=True, help="Leave the broker running afterwards.")
+@click.option("--duration", "duration_s", type=click.FloatRange(min=10), default=180.0,
+              show_default=True,
+              help="Wall seconds of traffic to send (15x compressed: 60 s = 15 minutes).")
+@click.option("--seed", type=int, default=11, show_default=True,
+              help="Seed of the generated traffic.")
+@click.option("--live/--no-live", default=None,
+              help="Live terminal view [default: when stdout is a terminal].")
+@click.option("--keep", is_flag=True,
+              help="Leave the broker and services running afterwards.")
 @click.pass_context
 @_expected_errors
-def demo(ctx: click.Context, keep: bool) -> None:
-    """End-to-end demo on a local Kafka (grows with the pipeline)."""
+def demo(ctx: click.Context, duration_s: float, seed: int, live: bool | None,
+         keep: bool) -> None:
+    """End-to-end demo: realistic traffic with a runaway agent and a budget burn, live.
+
+    Starts Kafka, the receiver and the worker, replays generated traffic through the
+    stock OTLP exporter, shows it being priced and alerted on, waits for the Parquet
+    lake, checks everything against the generator's truth, prints the KPI report and
+    writes the dashboard. Ctrl-C stops it; nothing it started is left running unless
+    --keep.
+    """
     import os
 
     from pipeline import demo as demo_mod
 
     settings = _settings(ctx)
-    # The services started here flush the lake every few seconds (the default is a
-    # minute), so the demo can show its calls in Parquet without a long wait.
-    os.environ.setdefault("LLMSPEND_LAKE_FLUSH_S", "5")
-    was_running = {name: services.running_pid(settings, name) for name in SERVICES}
-    started = bring_up(settings, with_services=True)
+    running = [n for n in SERVICES if services.running_pid(settings, n) is not None]
+    if running:
+        raise click.ClickException(
+            f"{', '.join(running)} already running: the demo starts its own receiver and "
+            f"worker (with its tenant's token and budget); stop them first: llmspend down")
+    if live is None:
+        live = sys.stdout.isatty()
+    click.echo(f"plan      {duration_s:.0f} s of traffic ({duration_s * demo_mod.RATE / 60:.0f} "
+               f"minutes compressed {demo_mod.RATE:.0f}x) with {' and '.join(demo_mod.SCENARIOS)}")
+    dp = demo_mod.prepare(settings, duration_s, seed)
+    click.echo(f"plan      tenant {dp.tenant}: {dp.truth.calls:,} calls, {dp.truth.spans:,} "
+               f"spans, {dp.truth.list_cost_usd:.2f} USD at list price; daily budget of team "
+               f"{dp.budget_team}: {dp.budget_usd} USD")
+    os.environ.update(dp.service_env(settings))     # inherited by the services below
+    ctx.obj = None
+    settings = _settings(ctx)                       # the report sees the demo's budget
+    started = False
     try:
-        demo_mod.run(settings, click.echo)
+        started = bring_up(settings, with_services=True)
+        demo_mod.run(settings, click.echo, dp, live=live)
+        click.echo("demo      ok")
     except demo_mod.DemoError as exc:
         click.echo(f"llmspend: error: {exc}", err=True)
         sys.exit(2)
+    except KeyboardInterrupt:
+        click.echo("\ninterrupted: stopping what the demo started", err=True)
+        sys.exit(130)
     finally:
         if not keep:
             for name in reversed(SERVICES):
-                if was_running[name] is None and services.stop(settings, name):
+                if services.stop(settings, name):
                     click.echo(f"{name:<9} stopped")
             if started:
                 broker.stop(settings)

@@ -538,7 +538,7 @@ _JS = r"""
     var names = Object.keys(totals).sort(function (a, z) {
       return totals[z] > totals[a] ? 1 : totals[z] < totals[a] ? -1 : a < z ? -1 : 1; });
     if (!names.length) { return empty(c, b, "No spend in this time range."); }
-    var W = 640, H = 240, L = 64, B = 22, max = 0, stack = [];
+    var W = 640, H = 240, L = 84, B = 22, max = 0, stack = [];
     for (var i = state.from; i <= state.to; i++) {
       var s = 0; names.forEach(function (k) { s += Number((per[k] || {})[i] || 0n) / 1e12; });
       stack.push(s); max = Math.max(max, s);
@@ -570,7 +570,7 @@ _JS = r"""
   }
 
   function lines(b, series, fmt, kinds) {
-    var n = state.to - state.from + 1, W = 640, H = 220, L = 64, B = 22, max = 0;
+    var n = state.to - state.from + 1, W = 640, H = 220, L = 84, B = 22, max = 0;
     Object.keys(series).forEach(function (k) { series[k].forEach(function (v) {
       if (v !== null) { max = Math.max(max, v); } }); });
     var g = svg("svg", {viewBox: "0 0 " + W + " " + H, role: "img"});
@@ -731,7 +731,8 @@ _JS = r"""
       var f = Date.parse(a.first_seen), l = Date.parse(a.last_seen || a.first_seen);
       return tenantOk(a.tenant) && f < t1 && l >= t0; });
     if (!rows.length) { return empty(c, b, "No alerts in this time range."); }
-    var W = 640, rowH = 20, L = 220, H = rows.length * rowH + 10, sx = (W - L - 4) / (t1 - t0);
+    // A full-width chart: drawn at about its on-screen size, so labels stay 11px.
+    var W = 1280, rowH = 20, L = 340, H = rows.length * rowH + 10, sx = (W - L - 4) / (t1 - t0);
     var g = svg("svg", {viewBox: "0 0 " + W + " " + H, role: "img"}), bySev = {};
     rows.forEach(function (a, k) {
       var y = k * rowH + 4, f = Math.max(Date.parse(a.first_seen), t0);
@@ -739,7 +740,7 @@ _JS = r"""
       bySev[a.severity] = (bySev[a.severity] || 0) + 1;
       var row = svg("g", {"class": "alert-row", "data-key": a.dedup_key});
       row.appendChild(svg("text", {x: L - 6, y: y + 12, "text-anchor": "end"})).textContent =
-        (a.detector + " · " + (a.subject || "")).slice(0, 38);
+        (a.detector + " · " + (a.subject || "")).slice(0, 54);
       row.appendChild(svg("rect", {x: L + (f - t0) * sx, y: y + 2, height: rowH - 6,
         width: Math.max(4, (l - f) * sx), fill: SEV[a.severity] || "#999", rx: 2},
         a.severity + " · " + a.state + " · " + a.summary + " (" + when(a.first_seen) + " to " +

@@ -27,7 +27,7 @@ from pipeline.traffic.emit import EmitStats
 from pipeline.traffic.plan import Options, Plan, plan
 from pipeline.traffic.truth import Truth
 
-__all__ = ["Options", "Result", "generate", "now_ns", "shift"]
+__all__ = ["Options", "Result", "generate", "now_ns", "shift", "trim"]
 
 
 @dataclass
@@ -54,6 +54,25 @@ def shift(p: Plan, delta_ns: int) -> Plan:
     p.start_ns += delta_ns
     p.end_ns += delta_ns
     p.options = dataclasses.replace(p.options, start_time_ns=p.start_ns)
+    return p
+
+
+def trim(p: Plan, end_ns: int) -> Plan:
+    """The plan without the sessions still running at ``end_ns``: a short replay then
+    ends near its horizon instead of waiting minutes for the last steps of long agent
+    runs. Scenario events keep the sessions that are left (the truth of the result is
+    its own: compute it from the trimmed plan)."""
+    last: dict[str, int] = {}
+    for sp in p.spans:
+        last[sp.session_id] = max(last.get(sp.session_id, 0), sp.end_ns)
+    drop = {sid for sid, t in last.items() if t > end_ns}
+    if drop:
+        p.spans = [sp for sp in p.spans if sp.session_id not in drop]
+        for e in p.events:
+            e.session_ids = [sid for sid in e.session_ids if sid not in drop]
+        p.sessions -= len(drop)
+        p.traces = len({sp.trace_id for sp in p.spans})
+        p.end_ns = max(sp.end_ns for sp in p.spans)
     return p
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from kafka import TopicPartition
 
-from pipeline import broker, services
+from pipeline import broker
 from pipeline.clients import admin_client, aiokafka_config, consumer, producer
 from pipeline.config import load_settings
 from pipeline.topics import existing_partitions, load_topics
@@ -116,19 +116,6 @@ def test_up_is_idempotent_and_status_reports_the_broker(kafka_settings):
     for spec in load_topics(kafka_settings.topics_file):
         line = next(x for x in st.stdout.splitlines() if x.split()[:1] == [spec.name])
         assert line.split()[1] == str(spec.partitions)
-
-
-def test_demo_prices_calls_end_to_end_and_stops_what_it_started(kafka_settings):
-    before = {n: services.running_pid(kafka_settings, n) for n in ("ingest", "worker")}
-    out = _cli("demo")
-    assert out.returncode == 0, out.stdout + out.stderr
-    assert "demo      ok" in out.stdout
-    assert "prompt text in llm_calls: none" in out.stdout
-    assert "claude-sonnet-4-5" in out.stdout and "team support" in out.stdout
-    assert "calls in Parquet" in out.stdout                 # and they reached the lake
-    for name, pid in before.items():  # what the demo started, it stopped
-        assert services.running_pid(kafka_settings, name) == pid
-    assert broker.status(kafka_settings).reachable  # the broker was not the demo's
 
 
 def _free_port() -> int:

@@ -13,8 +13,8 @@ import uuid
 import pytest
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-from pipeline.demo import _emit_loop
 from tests.integration.kafka_helpers import receiver, worker_process
+from tests.sample_spans import emit_loop as _emit_loop
 
 pytestmark = pytest.mark.integration
 

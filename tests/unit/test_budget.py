@@ -88,7 +88,7 @@ def test_a_burn_rate_that_overruns_alerts_once_before_the_budget_is_spent():
         alerts += b.add([row(day + dt.timedelta(hours=h), "3.00")])
     proj = [a for a in alerts if "projected_usd" in a["evidence"]]
     assert len(proj) == 1 and proj[0]["severity"] == "warning"
-    assert "on course" in proj[0]["summary"]
+    assert "on course" in proj[0]["summary"] and "this day," in proj[0]["summary"]
 
 
 def test_period_boundaries_follow_the_time_zone_and_resolve_the_old_period():

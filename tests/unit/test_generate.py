@@ -23,7 +23,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from pipeline import otlp, pricing
 from pipeline.config import load_settings
 from pipeline.normalise import normalise
-from pipeline.traffic import azure_trace, emit, plan, truth
+from pipeline.traffic import azure_trace, emit, generator, plan, truth
 from pipeline.traffic.cli import generate_command
 from pipeline.traffic.generator import generate
 from pipeline.traffic.plan import SCENARIOS, Options, PlanError, parse_mix
@@ -449,6 +449,22 @@ def test_paced_emission_follows_event_time():
                    sleep=lambda s: (slept.append(s), time.sleep(s)))
     assert slept and st.spans == len(p.spans)
     assert st.seconds >= (p.end_ns - p.start_ns) / 1e9 * 0.9
+
+
+def test_trim_drops_the_sessions_still_running_and_their_scenario_mentions():
+    p = plan.plan(_opts(calls=400, scenarios=("runaway-loop", "budget-burn")))
+    cut = p.start_ns + (p.end_ns - p.start_ns) * 2 // 3
+    before = {sp.session_id for sp in p.spans}
+    late = {sp.session_id for sp in p.spans if sp.end_ns > cut}
+    n = len(p.spans)
+    t = generator.trim(p, cut)
+    kept = {sp.session_id for sp in t.spans}
+    assert late and kept == before - late and len(t.spans) < n
+    assert all(sp.end_ns <= cut for sp in t.spans) and t.end_ns <= cut
+    assert t.sessions == len(kept) and t.traces == len({sp.trace_id for sp in t.spans})
+    assert all(set(e.session_ids) <= kept for e in t.events)
+    tr = truth.compute(t, CATALOG)                      # the truth of what is left
+    assert tr.calls == sum(1 for sp in t.spans if sp.call is not None)
 
 
 def test_max_rate_without_start_time_ends_now():

@@ -9,9 +9,9 @@ import pytest
 
 from pipeline import otlp
 from pipeline.config import load_settings
-from pipeline.demo import sample_request
 from pipeline.normalise import murmur2_partition, partition_key
 from pipeline.stream.normalise_stage import NormaliseStage
+from tests.sample_spans import sample_request
 
 
 @pytest.fixture

@@ -211,6 +211,6 @@ def test_keep_content_tenants_keep_it(sample_request):
 
 @pytest.fixture
 def sample_request() -> ExportTraceServiceRequest:
-    from pipeline.demo import sample_request as make
+    from tests.sample_spans import sample_request as make
 
     return otlp.parse_request(make(4))
