@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -45,16 +46,21 @@ def _processes_of(state: Path) -> list[int]:
     return pids
 
 
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
-    state = tmp_path_factory.mktemp("demo") / "state"
+def _own_broker_env(state: Path) -> dict[str, str]:
+    """A state directory and ports of its own: the demo starts (and stops) its broker."""
     env = {**os.environ, "LLMSPEND_STATE_DIR": str(state), "LLMSPEND_KAFKA_BOOTSTRAP": "",
            "LLMSPEND_KAFKA_PORT": str(_free_port()),
            "LLMSPEND_KAFKA_CONTROLLER_PORT": str(_free_port()),
            "LLMSPEND_INGEST_HTTP_PORT": str(_free_port()),
            "LLMSPEND_INGEST_GRPC_PORT": str(_free_port()),
            "LLMSPEND_STREAM_METRICS_PORT": "0"}
-    env = {k: v for k, v in env.items() if not k.startswith("LLMSPEND_TEST_")}
+    return {k: v for k, v in env.items() if not k.startswith("LLMSPEND_TEST_")}
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    state = tmp_path_factory.mktemp("demo") / "state"
+    env = _own_broker_env(state)
     out = subprocess.run([sys.executable, "-m", "pipeline", "demo", "--duration", "60"],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     return state, out, env
@@ -161,3 +167,26 @@ def test_the_dashboard_draws_every_chart_in_chromium_with_duckdbs_numbers(demo_r
     assert charts["alerts"]["total"]["alerts"] >= 5   # the loop's 2 + 3 crossings (+ more)
     assert "$" in charts["spend-team"]["text"] or "USD" in charts["spend-team"]["text"]
     assert shot.stat().st_size > 50_000               # a real, full-page picture
+
+
+def test_ctrl_c_stops_the_demo_and_everything_it_started(tmp_path):
+    state = tmp_path / "state"
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "demo", "--duration", "60",
+                             "--no-live"], cwd=ROOT, env=_own_broker_env(state),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:          # the first status line: replaying, all running
+            if line.startswith("replaying"):
+                break
+        else:
+            pytest.fail("the demo never started replaying: " + proc.stderr.read()[-3000:])
+        assert _processes_of(state)
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err[-3000:]
+    assert "interrupted" in err
+    assert _processes_of(state) == []
