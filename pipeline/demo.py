@@ -264,7 +264,7 @@ def view(dp: DemoPlan, snap: dict[str, Any], progress: dict[str, Any]) -> Any:
     head.add_row(
         Text(f"{progress.get('phase', '')}", style="bold cyan"),
         Text(f"replay {sent:,}/{total:,} spans ({100 * sent / total:.0f} %)"),
-        Text(f"{progress.get('spans_per_s', 0):,.0f} spans/s sent"),
+        Text(f"{progress.get('spans_per_s', 0):,.0f} spans/s ingested"),
         Text(f"{snap['calls']:,}/{dp.truth.calls:,} calls priced"),
         Text(f"{usd(sum(snap['cost_by_team'].values(), Decimal(0)))} so far"),
         Text(f"lake {progress.get('lake_calls', 0):,} calls"))
@@ -383,8 +383,10 @@ def run(settings: Settings, echo: Callable[[str], Any], dp: DemoPlan,
             exporter = emit_mod.make_exporter("http", endpoint, dp.token, dp.tenant)
 
             def progress(n: int, total: int, stats: Any) -> None:
+                # exported = acknowledged by the receiver: ingested into otlp_spans
                 screen.update(phase="replaying", sent=n, total=total,
-                              spans_per_s=stats.spans_per_s)
+                              spans_per_s=(stats.exported / stats.seconds
+                                           if stats.seconds else 0.0))
 
             t0 = time.monotonic()
             stats = emit_mod.emit(dp.plan, {dp.tenant: exporter}, max_rate=False,

@@ -130,7 +130,7 @@ def test_the_live_view_shows_progress_spend_latency_and_alerts(dp):
     console = Console(record=True, width=160, color_system=None)
     console.print(demo.view(dp, f.snapshot(), progress))
     text = console.export_text()
-    for expected in ("replaying", "50/200 spans (25 %)", "321 spans/s",
+    for expected in ("replaying", "50/200 spans (25 %)", "321 spans/s ingested",
                      f"2/{dp.truth.calls:,} calls priced", "$1.75 so far", "lake 7 calls",
                      "growth", "$1.2500", "claude", "2,000", "critical", "runaway_loop",
                      "Session s1 is running away", "1.5 s"):
