@@ -1,0 +1,202 @@
+"""End to end: spans accepted into ``otlp_spans`` -> one worker -> rows in the Parquet
+lake, against a raw aiokafka consume-and-parse loop over the same records.
+
+Generator traffic (``llmspend generate``'s plan, real OpenTelemetry SDK, several
+conventions) is produced into ``otlp_spans`` by llmspend's Kafka exporter, exactly as
+the receivers accept it (sanitised, split, tenant header), as a backlog: a worker is
+started once so its consumer groups pin where they start, stopped, the traffic is
+produced, and the worker is started again. Measures:
+
+  (e) one ``llmspend worker`` process (stages normalise, aggregate, lake): calls/s from
+      its first record to the last call's row in Parquet (DuckDB count of the bench's
+      tenant), wall and per worker CPU-second;
+  (r) baseline, same run: an aiokafka consumer reading the same ``otlp_spans`` records
+      and ``ExportTraceServiceRequest.ParseFromString`` on each (nothing else).
+
+Prints both rates and the ratio (issue 11's targets: (e) >= 50 % of (r) and >= 50,000
+calls per worker core). ``--short`` (CI) uses a small traffic and checks only that the
+lake equals the generator's truth (calls and exact cost); it never judges a time.
+
+Needs the broker (``llmspend up --kafka-only``). Usage:
+``.venv/bin/python bench/bench_e2e.py [calls] [--short]``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from pipeline import clients
+from pipeline.analytics import connect
+from pipeline.config import load_settings
+from pipeline.ingest.exporter import KafkaSpanExporter
+from pipeline.traffic.generator import generate
+from pipeline.traffic.plan import Options
+from schemas.topics import OTLP_SPANS
+
+ROOT = Path(__file__).resolve().parent.parent
+HASH_KEY = "bench-e2e-hash-key-0123456789abcdef"
+
+
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Worker:
+    """One `llmspend worker` process of the bench's app id, state and lake."""
+
+    def __init__(self, state: Path, app_id: str) -> None:
+        self.state = state
+        self.env = {**os.environ, "LLMSPEND_STATE_DIR": str(state),
+                    "LLMSPEND_STREAM_APP_ID": app_id, "LLMSPEND_HASH_KEY": HASH_KEY,
+                    "LLMSPEND_STREAM_AUTO_OFFSET_RESET": "latest",
+                    "LLMSPEND_STREAM_STAGES": "normalise,aggregate,lake",
+                    "LLMSPEND_STREAM_METRICS_PORT": "0", "LLMSPEND_LAKE_FLUSH_S": "1",
+                    "LLMSPEND_JOBS_EVERY_S": "0"}
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> float:
+        """Start and wait until its partitions are assigned; returns when (monotonic)."""
+        ready = self.state / "run" / "worker.ready"
+        ready.unlink(missing_ok=True)
+        log = open(self.state / "worker.log", "ab")  # noqa: SIM115 - the process keeps it
+        self.proc = subprocess.Popen([sys.executable, "-m", "pipeline", "worker"],
+                                     env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                     cwd=ROOT)
+        deadline = time.monotonic() + 180
+        while not ready.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError((self.state / "worker.log").read_text()[-3000:])
+            time.sleep(0.05)
+        return time.monotonic()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=60)
+
+
+def produce(settings, tenant: str, n_calls: int):
+    """The generator's traffic into otlp_spans through the Kafka exporter; its truth."""
+    opts = Options(seed=17, calls=n_calls, service_prefix="bench-")
+    exporter = KafkaSpanExporter(settings, tenant=tenant)
+    res = generate(opts, exporters={tenant: exporter}, max_rate=True)
+    if res.emitted.failed:
+        raise RuntimeError(f"{res.emitted.failed} spans were not produced")
+    return res
+
+
+def lake_totals(lake: Path, tenant: str):
+    try:
+        return connect(lake).execute("SELECT count(*), sum(cost_usd) FROM calls WHERE "
+                                     "tenant = ?", [tenant]).fetchone()
+    except Exception:  # noqa: BLE001 - nothing landed yet
+        return 0, None
+
+
+def end_to_end(worker: Worker, lake: Path, tenant: str, calls: int
+               ) -> tuple[float, float, tuple]:
+    """(e): start the worker on the backlog; (wall seconds, worker CPU seconds) until the
+    lake holds every call, and the lake's (count, cost)."""
+    t0 = worker.start()
+    cpu0 = _cpu_s(worker.proc.pid)
+    deadline = t0 + 1800
+    got: tuple = (0, None)
+    while time.monotonic() < deadline:
+        got = lake_totals(lake, tenant)
+        if got[0] >= calls:
+            break
+        time.sleep(0.2)
+    wall, cpu = time.monotonic() - t0, _cpu_s(worker.proc.pid) - cpu0
+    worker.stop()
+    return wall, cpu, got
+
+
+def raw_loop(settings, start: dict, end: dict) -> tuple[float, int]:
+    """(r): aiokafka, no consumer group, the same offsets; ParseFromString each record."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+
+    async def run() -> tuple[float, int]:
+        c = AIOKafkaConsumer(**clients.aiokafka_config(settings), enable_auto_commit=False,
+                             max_partition_fetch_bytes=16 * 1024 * 1024)
+        await c.start()
+        try:
+            tps = [TopicPartition(OTLP_SPANS, p) for p in start]
+            c.assign(tps)
+            for tp in tps:
+                c.seek(tp, start[tp.partition])
+            left = {p for p in start if end[p] > start[p]}
+            spans, t0 = 0, time.perf_counter()
+            while left:
+                batch = await c.getmany(timeout_ms=1000, max_records=10_000)
+                for tp, recs in batch.items():
+                    for r in recs:
+                        if r.offset >= end[tp.partition]:
+                            continue
+                        req = ExportTraceServiceRequest()
+                        req.ParseFromString(r.value)
+                        spans += sum(len(ss.spans) for rs in req.resource_spans
+                                     for ss in rs.scope_spans)
+                        if r.offset == end[tp.partition] - 1:
+                            left.discard(tp.partition)
+            return time.perf_counter() - t0, spans
+        finally:
+            await c.stop()
+
+    return asyncio.run(run())
+
+
+def main() -> None:
+    short = "--short" in sys.argv
+    n_calls = int(next((a for a in sys.argv[1:] if a.isdigit()), 2_000 if short else 200_000))
+    settings = load_settings()
+    run_id = uuid.uuid4().hex[:8]
+    tenant, app_id = f"bench-{run_id}", f"llmspend-bench-e2e-{run_id}"
+    with tempfile.TemporaryDirectory(prefix="llmspend-bench-e2e-") as tmp:
+        state = Path(tmp)
+        worker = Worker(state, app_id)
+        worker.start()            # the groups pin where they start ...
+        worker.stop()             # ... so the backlog below waits for the next start
+        start = {tp.partition: o for tp, o in clients.end_offsets(settings,
+                                                                  OTLP_SPANS).items()}
+        t = time.perf_counter()
+        res = produce(settings, tenant, n_calls)
+        end = {tp.partition: o for tp, o in clients.end_offsets(settings,
+                                                                OTLP_SPANS).items()}
+        truth = res.truth
+        records = sum(end[p] - start[p] for p in start)
+        print(f"traffic: {truth.calls:,} calls ({truth.spans_emitted:,} spans) in {records:,} "
+              f"otlp_spans records, produced in {time.perf_counter() - t:.0f} s")
+        wall, cpu, (n, cost) = end_to_end(worker, state / "data", tenant, truth.calls)
+        if (n, cost) != (truth.calls, truth.list_cost_usd):
+            sys.exit(f"FAILED: the lake holds {n} calls costing {cost} USD; the truth is "
+                     f"{truth.calls} calls costing {truth.list_cost_usd} USD")
+        print(f"lake   : {n:,} calls, {cost} USD, equal to the truth")
+        raw_s, raw_spans = raw_loop(settings, start, end)
+        if raw_spans < truth.spans_emitted:
+            sys.exit(f"FAILED: the raw loop read {raw_spans} spans of {truth.spans_emitted}")
+        if short:
+            print("short mode: correctness only, no figures")
+            return
+        e, r = truth.calls / wall, truth.calls / raw_s
+        print(f"(e) one worker, otlp_spans -> Parquet: {e:10,.0f} calls/s wall, "
+              f"{truth.calls / cpu:,.0f} calls per worker CPU-second (target >= 50,000)")
+        print(f"(r) raw aiokafka + ParseFromString   : {r:10,.0f} calls/s "
+              f"({raw_spans / raw_s:,.0f} spans/s)")
+        print(f"ratio (e)/(r): {e / r:.3f} (target >= 0.5)")
+
+
+if __name__ == "__main__":
+    main()
