@@ -109,7 +109,11 @@ def calls_partitions(settings: Settings) -> int:
 def register(app, settings: Settings, heartbeats: bool = False) -> NormaliseStage:
     """Add the normalise agent to a Faust app (and, for the aggregate stage, heartbeats
     to quiet ``llm_calls`` partitions)."""
+    from pipeline import otlp_wire
+
     stage = NormaliseStage(settings, calls_partitions(settings))
+    log.info("OTLP wire decoder ready in %.1f s (native: %s)", otlp_wire.warm_up(),
+             otlp_wire.NATIVE)
     source = app.topic(OTLP_SPANS, value_type=bytes, value_serializer="raw")
     calls_topic = app.topic(LLM_CALLS, value_type=bytes, value_serializer="raw")
     dlq_topic = app.topic(OTLP_SPANS_DLQ, value_type=bytes, value_serializer="raw")

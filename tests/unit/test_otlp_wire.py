@@ -561,3 +561,17 @@ def test_an_array_value_sent_twice_merges():
     check(body, native=True)
     assert otlp_wire.decode_batch(body).column("attributes").to_pylist()[0][0]["str"] == \
         '["a", "b"]'
+
+
+def test_decode_record_takes_the_native_path_for_protobuf_and_warm_up_compiles_it():
+    from tests.sample_spans import sample_request
+
+    assert otlp_wire.warm_up() >= 0
+    body = sample_request(4)
+    native = otlp_wire.STATS.native
+    got = otlp.decode_record(body, [(otlp.TENANT_HEADER, b"acme")])
+    assert otlp_wire.STATS.native == native + 1
+    assert got.equals(otlp_wire.reference_batch(body, "acme"))
+    json_body = otlp.to_json(otlp.parse_request(body))     # OTLP/JSON keeps its own path
+    assert otlp.decode_record(json_body).num_rows == 4
+    assert otlp_wire.STATS.native == native + 1
