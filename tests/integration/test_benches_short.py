@@ -1,0 +1,21 @@
+"""The issue-11 benchmarks in their short mode: each checks its own correctness (the
+lake equals the generator's truth; the wire decoder equals the reference decoder) and
+exits non-zero otherwise. No figure is judged here: times belong to bench/, not tests."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("bench", ["bench_e2e.py", "bench_decode.py"])
+def test_the_benchmark_runs_short_and_checks_itself(kafka_settings, bench):
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / bench), "--short"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
