@@ -27,6 +27,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def processes_of(needle: bytes, state_dir: Path) -> list[int]:
+    """Pids whose command line holds ``needle`` and whose command line or environment
+    names ``state_dir`` (what a command started there and must have stopped)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes()
+            env = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if needle in cmd and str(state_dir).encode() in cmd + env:
+            pids.append(int(entry.name))
+    return pids
+
+
 def end_offsets(settings: Settings, topic: str) -> dict[TopicPartition, int]:
     return clients.end_offsets(settings, topic)
 

@@ -19,6 +19,7 @@ from pipeline.clients import admin_client, aiokafka_config, consumer, producer
 from pipeline.config import load_settings
 from pipeline.topics import existing_partitions, load_topics
 from schemas.topics import LLM_ALERTS, OTLP_SPANS
+from tests.integration.kafka_helpers import free_port, processes_of
 
 pytestmark = pytest.mark.integration
 
@@ -118,12 +119,6 @@ def test_up_is_idempotent_and_status_reports_the_broker(kafka_settings):
         assert line.split()[1] == str(spec.partitions)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _our_java_processes(props: Path) -> list[int]:
     pids = []
     for entry in Path("/proc").iterdir():
@@ -137,30 +132,14 @@ def _our_java_processes(props: Path) -> list[int]:
     return pids
 
 
-def _processes(needle: bytes, state_dir: Path) -> list[int]:
-    """Pids whose command line holds ``needle`` and whose env/cwd/args point at state_dir."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmd = (entry / "cmdline").read_bytes()
-            env = (entry / "environ").read_bytes()
-        except OSError:
-            continue
-        if needle in cmd and str(state_dir).encode() in cmd + env:
-            pids.append(int(entry.name))
-    return pids
-
-
 def test_full_lifecycle_on_other_ports_leaves_no_process(tmp_path):
     """up twice -> one broker, one receiver, one worker; status; down; nothing left."""
     state = tmp_path / "state"
     env = {"LLMSPEND_STATE_DIR": str(state),
-           "LLMSPEND_KAFKA_PORT": str(_free_port()),
-           "LLMSPEND_KAFKA_CONTROLLER_PORT": str(_free_port()),
-           "LLMSPEND_INGEST_HTTP_PORT": str(_free_port()),
-           "LLMSPEND_INGEST_GRPC_PORT": str(_free_port()),
+           "LLMSPEND_KAFKA_PORT": str(free_port()),
+           "LLMSPEND_KAFKA_CONTROLLER_PORT": str(free_port()),
+           "LLMSPEND_INGEST_HTTP_PORT": str(free_port()),
+           "LLMSPEND_INGEST_GRPC_PORT": str(free_port()),
            "LLMSPEND_KAFKA_BOOTSTRAP": ""}
     props = (state / "kafka" / "server.properties").resolve()
     try:
@@ -170,8 +149,8 @@ def test_full_lifecycle_on_other_ports_leaves_no_process(tmp_path):
         assert again.returncode == 0, again.stderr
         assert again.stdout.count("already running") == 3  # broker, receiver, worker
         assert len(_our_java_processes(props)) == 1
-        assert len(_processes(b"ingest", state)) == 1
-        assert len(_processes(b"worker", state)) == 1
+        assert len(processes_of(b"ingest", state)) == 1
+        assert len(processes_of(b"worker", state)) == 1
         st = _cli("status", env=env)
         assert st.returncode == 0
         assert st.stdout.count("running (pid") == 3
@@ -180,7 +159,7 @@ def test_full_lifecycle_on_other_ports_leaves_no_process(tmp_path):
     assert down.returncode == 0 and "kafka     stopped" in down.stdout
     assert "ingest    stopped" in down.stdout and "worker    stopped" in down.stdout
     assert _our_java_processes(props) == []
-    assert _processes(b"ingest", state) == [] and _processes(b"worker", state) == []
+    assert processes_of(b"ingest", state) == [] and processes_of(b"worker", state) == []
     second = _cli("down", env=env)
     assert second.returncode == 0 and "not running" in second.stdout
     st = _cli("status", env=env)
@@ -194,7 +173,7 @@ def test_port_taken_by_a_stranger_is_one_clear_line(tmp_path):
         port = squatter.getsockname()[1]
         out = _cli("up", env={"LLMSPEND_STATE_DIR": str(tmp_path),
                               "LLMSPEND_KAFKA_PORT": str(port),
-                              "LLMSPEND_KAFKA_CONTROLLER_PORT": str(_free_port()),
+                              "LLMSPEND_KAFKA_CONTROLLER_PORT": str(free_port()),
                               "LLMSPEND_KAFKA_BOOTSTRAP": ""})
     assert out.returncode == 2
     assert f"port {port} (kafka.port) is taken" in out.stderr
@@ -203,8 +182,8 @@ def test_port_taken_by_a_stranger_is_one_clear_line(tmp_path):
 
 def test_missing_java_is_one_clear_line(tmp_path):
     out = _cli("up", env={"LLMSPEND_STATE_DIR": str(tmp_path),
-                          "LLMSPEND_KAFKA_PORT": str(_free_port()),
-                          "LLMSPEND_KAFKA_CONTROLLER_PORT": str(_free_port()),
+                          "LLMSPEND_KAFKA_PORT": str(free_port()),
+                          "LLMSPEND_KAFKA_CONTROLLER_PORT": str(free_port()),
                           "LLMSPEND_KAFKA_JAVA": "/nonexistent/java",
                           "LLMSPEND_KAFKA_BOOTSTRAP": ""})
     assert out.returncode == 2

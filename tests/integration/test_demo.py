@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from decimal import Decimal
@@ -18,41 +17,24 @@ import pytest
 from pipeline.analytics import connect
 from pipeline.traffic.truth import Truth
 from tests.browser import chromium, visit
+from tests.integration.kafka_helpers import free_port, processes_of
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _processes_of(state: Path) -> list[int]:
-    """Pids of llmspend services or brokers whose command line or environment names
-    ``state`` (what the demo started and must have stopped)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmd = (entry / "cmdline").read_bytes()
-            env = (entry / "environ").read_bytes()
-        except OSError:
-            continue
-        if (b"pipeline" in cmd or b"kafka.Kafka" in cmd) and str(state).encode() in cmd + env:
-            pids.append(int(entry.name))
-    return pids
+def _ours(state: Path) -> list[int]:
+    """llmspend services and brokers of ``state`` still running."""
+    return processes_of(b"pipeline", state) + processes_of(b"kafka.Kafka", state)
 
 
 def _own_broker_env(state: Path) -> dict[str, str]:
     """A state directory and ports of its own: the demo starts (and stops) its broker."""
     env = {**os.environ, "LLMSPEND_STATE_DIR": str(state), "LLMSPEND_KAFKA_BOOTSTRAP": "",
-           "LLMSPEND_KAFKA_PORT": str(_free_port()),
-           "LLMSPEND_KAFKA_CONTROLLER_PORT": str(_free_port()),
-           "LLMSPEND_INGEST_HTTP_PORT": str(_free_port()),
-           "LLMSPEND_INGEST_GRPC_PORT": str(_free_port()),
+           "LLMSPEND_KAFKA_PORT": str(free_port()),
+           "LLMSPEND_KAFKA_CONTROLLER_PORT": str(free_port()),
+           "LLMSPEND_INGEST_HTTP_PORT": str(free_port()),
+           "LLMSPEND_INGEST_GRPC_PORT": str(free_port()),
            "LLMSPEND_STREAM_METRICS_PORT": "0"}
     return {k: v for k, v in env.items() if not k.startswith("LLMSPEND_TEST_")}
 
@@ -93,7 +75,7 @@ def test_the_demo_lands_the_truth_alerts_and_leaves_nothing_running(demo_run):
     assert summary["calls_in_lake"] == truth.calls
     assert summary["runaway_critical_alert_latency_s"] is not None
     assert (state / "dashboard.html").stat().st_size > 10_000
-    assert _processes_of(state) == []
+    assert _ours(state) == []
 
 
 def test_the_kpi_report_totals_equal_duckdb_over_the_calls(demo_run):
@@ -181,7 +163,7 @@ def test_ctrl_c_stops_the_demo_and_everything_it_started(tmp_path):
                 break
         else:
             pytest.fail("the demo never started replaying: " + proc.stderr.read()[-3000:])
-        assert _processes_of(state)
+        assert _ours(state)
         proc.send_signal(signal.SIGINT)
         _out, err = proc.communicate(timeout=120)
     finally:
@@ -189,4 +171,4 @@ def test_ctrl_c_stops_the_demo_and_everything_it_started(tmp_path):
             proc.kill()
     assert proc.returncode == 130, err[-3000:]
     assert "interrupted" in err
-    assert _processes_of(state) == []
+    assert _ours(state) == []
