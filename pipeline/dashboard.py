@@ -526,6 +526,16 @@ _JS = r"""
     }
   }
 
+  // Horizontal grid lines and labels at 0, half and the maximum of a chart's y axis.
+  function yGrid(g, W, H, L, B, max, sy, fmt) {
+    [0, 0.5, 1].forEach(function (f) {
+      var y = H - B - f * max * sy;
+      g.appendChild(svg("line", {x1: L, x2: W, y1: y, y2: y, stroke: "#eef0f3"}));
+      g.appendChild(svg("text", {x: L - 4, y: y + 4, "text-anchor": "end"})).textContent =
+        fmt(f * max);
+    });
+  }
+
   function stacked(id, rows, kind) {
     var cb = body(id), c = cb[0], b = cb[1], n = state.to - state.from + 1;
     var per = {}, totals = {}, all = 0n;
@@ -545,12 +555,7 @@ _JS = r"""
     }
     var g = svg("svg", {viewBox: "0 0 " + W + " " + H, role: "img"});
     var bw = (W - L) / n, sy = (H - B - 8) / (max || 1);
-    [0, 0.5, 1].forEach(function (f) {
-      var y = H - B - f * max * sy;
-      g.appendChild(svg("line", {x1: L, x2: W, y1: y, y2: y, stroke: "#eef0f3"}));
-      g.appendChild(svg("text", {x: L - 4, y: y + 4, "text-anchor": "end"})).textContent =
-        usd(f * max);
-    });
+    yGrid(g, W, H, L, B, max, sy, usd);
     for (i = state.from; i <= state.to; i++) {
       var y = H - B;
       names.forEach(function (k) {
@@ -575,12 +580,7 @@ _JS = r"""
       if (v !== null) { max = Math.max(max, v); } }); });
     var g = svg("svg", {viewBox: "0 0 " + W + " " + H, role: "img"});
     var sx = (W - L) / n, sy = (H - B - 8) / (max || 1);
-    [0, 0.5, 1].forEach(function (f) {
-      var y = H - B - f * max * sy;
-      g.appendChild(svg("line", {x1: L, x2: W, y1: y, y2: y, stroke: "#eef0f3"}));
-      g.appendChild(svg("text", {x: L - 4, y: y + 4, "text-anchor": "end"})).textContent =
-        fmt(f * max);
-    });
+    yGrid(g, W, H, L, B, max, sy, fmt);
     Object.keys(series).forEach(function (k) {
       var pts = [], col = kinds[k];
       series[k].forEach(function (v, j) {
