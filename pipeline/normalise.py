@@ -258,7 +258,7 @@ def _event_content(events: list[dict[str, Any]]) -> dict[str, Any]:
 def span_hashes(key: bytes, attrs: Mapping[str, Any], structured: set[str],
                 events: list[dict[str, Any]] | None) -> dict[str, str]:
     """The three content hashes: from ingest's attributes, else computed like ingest."""
-    have = {k: attrs[k] for k in privacy.HASH_ATTRIBUTES if attrs.get(k)}
+    have = {k: str(attrs[k]) for k in privacy.HASH_ATTRIBUTES if attrs.get(k)}
     if events:
         merged = _event_content(events)
         if merged and not have:
@@ -423,7 +423,7 @@ def _row(i: int, kind: str, cols: Mapping[str, list], attrs: dict[str, Any],
     hashes = span_hashes(ctx.key, attrs, structured, events)
     row: dict[str, Any] = {
         C.CALL_ID: call_id(tenant, trace, span), C.KIND: kind, C.TENANT: tenant,
-        C.SERVICE: res.get("service.name"), C.TRACE_ID: trace.hex(), C.SPAN_ID: span.hex(),
+        C.SERVICE: _text(res.get("service.name")), C.TRACE_ID: trace.hex(), C.SPAN_ID: span.hex(),
         C.PARENT_SPAN_ID: _hex(cols["parent_span_id"][i]),
         C.SESSION_ID: str(cv.first(attrs, "session_id")[0] or trace.hex()),
         C.AGENT: _str(cv.first(attrs, "agent_name")[0]) or agent[0],
@@ -460,6 +460,11 @@ def _row(i: int, kind: str, cols: Mapping[str, list], attrs: dict[str, Any],
     _price(row, kind, attrs, usage, start, latency_ns, ctx, flags)
     row[C.ISSUES] = ",".join(dict.fromkeys(flags)) or None
     return row
+
+
+def _text(v: Any) -> str | None:
+    """Any attribute value as text (kept as sent, even empty)."""
+    return None if v is None else str(v)
 
 
 def _str(v: Any) -> str | None:

@@ -30,3 +30,16 @@ def kafka_settings() -> Settings:
     yield settings
     if started and not os.environ.get("LLMSPEND_TEST_KEEP_BROKER"):
         broker.stop(settings)
+
+
+@pytest.fixture
+def columnar_agrees(monkeypatch):
+    """Every ``pipeline.normalise.normalise`` call of a test also runs the columnar
+    normaliser on the same batch and fails the test if the two disagree."""
+    from pipeline import normalise as N
+    from tests.unit.test_normalise_columnar import assert_agree
+
+    def checked(spans, settings, catalog, hash_key, *, now=None):
+        return assert_agree(spans, settings, catalog, hash_key, now=now)
+
+    monkeypatch.setattr(N, "normalise", checked)

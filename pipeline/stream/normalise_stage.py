@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline import normalise as core
+from pipeline import normalise_columnar as columnar
 from pipeline import otlp, pricing
 from pipeline.aggregate import HEARTBEAT_HEADER
 from pipeline.config import Settings
@@ -67,7 +68,7 @@ class NormaliseStage:
             self.totals.update(result.stats)
             return result
         try:
-            out = core.normalise(spans, self.settings, self.catalog, self.hash_key)
+            out = columnar.normalise(spans, self.settings, self.catalog, self.hash_key)
             result.stats.update(out.stats)
             by_partition = self._route(out.calls)
         except Exception as exc:

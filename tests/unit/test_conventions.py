@@ -14,6 +14,7 @@ from decimal import Decimal
 from typing import Any
 
 import pyarrow as pa
+import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
@@ -26,6 +27,8 @@ KEY = b"k" * 32
 T0 = int(dt.datetime(2025, 10, 20, 12, 0, tzinfo=dt.UTC).timestamp()) * 10**9
 NOW = dt.datetime(2025, 10, 20, 13, 0, tzinfo=dt.UTC)
 CATALOG = pricing.load_catalog()
+
+pytestmark = pytest.mark.usefixtures("columnar_agrees")
 
 
 # ------------------------------------------------------------------ span builders

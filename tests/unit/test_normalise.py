@@ -19,6 +19,8 @@ from schemas import SCHEMAS_DIR
 from schemas import calls as C
 from tests.unit.test_conventions import KEY, T0, batch, one, request, run
 
+pytestmark = pytest.mark.usefixtures("columnar_agrees")
+
 CHAT = {"gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai",
         "gen_ai.request.model": "gpt-4o", "gen_ai.usage.input_tokens": 1000,
         "gen_ai.usage.output_tokens": 500}

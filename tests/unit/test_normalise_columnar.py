@@ -1,0 +1,219 @@
+"""The columnar normaliser equals the row-by-row reference: on random batches full of odd
+values, on generator traffic through the real OpenTelemetry SDK, and (through the
+``columnar_agrees`` fixture) on every batch of the normaliser's and conventions' tests."""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+from decimal import Decimal
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from pipeline import conventions as cv
+from pipeline import normalise as N
+from pipeline import normalise_columnar as NC
+from pipeline import otlp, pricing, privacy
+from pipeline.config import PricingSettings, PrivacySettings, Settings, load_settings
+from schemas import calls as C
+from tests.unit.test_conventions import CATALOG, KEY, NOW, T0, batch
+
+REFERENCE = N.normalise
+
+
+def assert_agree(spans: pa.Table, settings: Settings, catalog: pricing.Catalog = CATALOG,
+                 key: bytes = KEY, now: dt.datetime | None = NOW) -> N.NormaliseResult:
+    """Both normalisers on one batch: same table (column by column) and same counters."""
+    want = REFERENCE(spans, settings, catalog, key, now=now)
+    got = NC.normalise(spans, settings, catalog, key, now=now)
+    for name in C.NAMES:
+        w, g = want.calls.column(name).to_pylist(), got.calls.column(name).to_pylist()
+        assert g == w, f"column {name}: columnar {g} != reference {w}"
+    assert got.calls.schema == want.calls.schema
+    assert +got.stats == +want.stats
+    return want
+
+
+# ------------------------------------------------------------------ random batches
+
+MODELS = ["gpt-4o", "gpt-4o-mini", "claude-sonnet-4-5", "gemini-2.5-pro", "o3", "my-deploy",
+          "unknown-model", "models/gemini-2.5-flash", ""]
+TOKEN_KEYS = [s.key for f in ("input_tokens", "output_tokens", "cache_read_tokens",
+                              "cache_write_tokens", "reasoning_tokens", "total_tokens")
+              for s in cv.FIELDS[f]]
+MODEL_KEYS = [s.key for f in ("request_model", "response_model") for s in cv.FIELDS[f]]
+KIND_VALUES = [v for _, v, _ in cv.KIND_MARKERS] + ["CHAT", "Agent", "rerank", ""]
+STRING_KEYS = sorted({s.key for srcs in cv.FIELDS.values() for s in srcs} - set(TOKEN_KEYS)
+                     - set(MODEL_KEYS) | {"team", "app.team", "user.id", "enduser.id",
+                                          "use_case", "gen_ai.system", "traceloop.span.kind",
+                                          "traceloop.entity.name"})
+ODD_KEYS = ["gen_ai.prompt.0.content", "gen_ai.input.messages", "llmspend.web_search_calls",
+            "sampling.rate", privacy.PROMPT_HASH, privacy.TOOL_ARGS_HASH, cv.BATCH_ATTRIBUTE,
+            "http.method"]
+
+tokens = st.one_of(st.integers(0, 50_000), st.integers(0, 50_000), st.integers(-5, 2**40),
+                   st.floats(0, 1e4), st.sampled_from(["12", "x", ""]), st.booleans())
+texts = st.one_of(st.sampled_from(["openai", "anthropic", "azure.ai.openai", "strands-agents",
+                                   "weird", "", "a\"b\\c\n", "é"]), st.integers(0, 3))
+
+
+@st.composite
+def attrs(draw: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    kind_key = draw(st.sampled_from([*cv.KIND_KEYS, None]))
+    if kind_key:
+        out[kind_key] = draw(st.one_of(st.sampled_from(KIND_VALUES), st.integers(0, 2)))
+    for k in draw(st.lists(st.sampled_from(MODEL_KEYS), max_size=2)):
+        out[k] = draw(st.one_of(st.sampled_from(MODELS), st.integers(0, 2)))
+    for k in draw(st.lists(st.sampled_from(TOKEN_KEYS), max_size=5)):
+        out[k] = draw(tokens)
+    for k in draw(st.lists(st.sampled_from(STRING_KEYS), max_size=4)):
+        out[k] = draw(texts)
+    for k in draw(st.lists(st.sampled_from(ODD_KEYS), max_size=2)):
+        out[k] = draw(st.one_of(texts, st.booleans(), st.integers(-1, 3),
+                                st.floats(allow_nan=True)))
+    for k in ("gen_ai.usage.cost", "gen_ai.server.time_to_first_token"):
+        if draw(st.booleans()):
+            out[k] = draw(st.one_of(st.floats(-1, 10), st.integers(-1, 5),
+                                    st.sampled_from(["0.4", "x"])))
+    return out
+
+
+@st.composite
+def batches(draw: Any) -> tuple[pa.Table, Settings]:
+    n = draw(st.integers(1, 10))
+    specs = []
+    for i in range(n):
+        start = draw(st.sampled_from([T0, T0 + i * 10**9, 0, T0 - 10**18 // 2]))
+        spec: dict[str, Any] = {
+            "attrs": draw(attrs()),
+            "trace": draw(st.sampled_from([b"\x01" * 16, b"\x02" * 16])),
+            "span": (draw(st.sampled_from([i, i, i, 0])) + 1).to_bytes(8, "big"),
+            "parent": draw(st.sampled_from([b"", (draw(st.integers(1, n))).to_bytes(8, "big")])),
+            "name": draw(st.sampled_from(["chat", "invoke_agent planner", "tool"])),
+            "start": start,
+            "end": start + draw(st.sampled_from([1_500_000_000, -5, 4000 * 10**9, 1])),
+            "status": draw(st.sampled_from([0, 1, 2])),
+            "status_message": draw(st.sampled_from(["", "boom"])),
+            "trace_state": draw(st.sampled_from(["", "", "ot=th:8"])),
+        }
+        if spec["end"] < 0:
+            spec["end"] = 0
+        if draw(st.integers(0, 9)) == 0:
+            spec["events"] = [("gen_ai.user.message", {"content": "hi"})]
+        specs.append(spec)
+    resource = draw(st.sampled_from([{"service.name": "svc"}, {"service.name": "svc",
+                                                               "team": "core"},
+                                     {"telemetry.sdk.name": "openlit"}, {}]))
+    tenant = draw(st.sampled_from(["acme", "globex"]))
+    settings = Settings(
+        pricing=PricingSettings(aliases={"my-deploy": "gpt-4o"},
+                                overrides=draw(st.sampled_from([
+                                    {}, {"acme": {"discount": "0.2"}},
+                                    {"acme": {"discount": "0.333333333333333"}},
+                                    {"acme": {"models": {"gpt-4o": {"input": "1.00"}}}}]))),
+        privacy=PrivacySettings(keep_content_tenants=draw(st.sampled_from(["", "acme"])),
+                                pseudonymise_users=draw(st.booleans())))
+    return batch(*specs, tenant=tenant, resource=resource), settings
+
+
+@given(batches())
+@hsettings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
+def test_random_batches_with_odd_values_normalise_the_same(case) -> None:
+    spans, settings = case
+    assert_agree(spans, settings)
+
+
+# ------------------------------------------------------------------ realistic traffic
+
+
+def test_generator_traffic_through_the_sdk_normalises_the_same() -> None:
+    from pipeline.traffic.generator import generate
+    from tests.unit.test_generate import SCENARIOS, _opts
+
+    exporters = {"acme": InMemorySpanExporter(), "globex": InMemorySpanExporter()}
+    generate(_opts(calls=600, scenarios=SCENARIOS), exporters=exporters)
+    settings = load_settings(env={})
+    seen = 0
+    for tenant, exp in exporters.items():
+        req = encode_spans(exp.get_finished_spans())
+        otlp.sanitise_request(req, hash_key=KEY)
+        spans = otlp.decode_record(req.SerializeToString(),
+                                   [(otlp.TENANT_HEADER, tenant.encode())])
+        for lo in range(0, spans.num_rows, 512):
+            seen += assert_agree(spans.slice(lo, 512), settings, now=None).calls.num_rows
+    assert seen > 500
+
+
+def test_most_generator_calls_take_the_columnar_path(monkeypatch) -> None:
+    """The fast path is the common path: count rows the reference had to build."""
+    from pipeline.traffic.generator import generate
+    from tests.unit.test_generate import _opts
+
+    built = []
+    real_row = N._row
+    monkeypatch.setattr(N, "_row", lambda *a, **k: built.append(1) or real_row(*a, **k))
+    exp = InMemorySpanExporter()
+    generate(_opts(calls=300), exporters={"acme": exp})
+    req = encode_spans(exp.get_finished_spans())
+    otlp.sanitise_request(req, hash_key=KEY)
+    spans = otlp.decode_record(req.SerializeToString(), [(otlp.TENANT_HEADER, b"acme")])
+    calls = NC.normalise(spans, load_settings(env={}), CATALOG, KEY).calls.num_rows
+    assert calls >= 300 and len(built) < calls * 0.05, (len(built), calls)
+
+
+def test_bench_corpus_of_four_conventions_normalises_the_same() -> None:
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+    import bench_normalise
+
+    rng = random.Random(5)
+    for _ in range(3):
+        spans = otlp.decode_record(bench_normalise.build_request(rng, 256))
+        assert_agree(spans, Settings(), now=None)
+
+
+# ------------------------------------------------------------------ exact money helpers
+
+
+@pytest.mark.parametrize("price, want", [(Decimal("2.50"), 2_500_000),
+                                         (Decimal("0.0375"), 37_500),
+                                         (Decimal("0.0000001"), None),
+                                         (Decimal("3"), 3_000_000)])
+def test_a_per_million_price_is_whole_pico_dollars_per_token_or_refused(price, want) -> None:
+    assert NC.pico(price) == want
+
+
+def test_scaling_rounds_half_even_exactly_like_decimal() -> None:
+    rng = np.random.default_rng(3)
+    raw = rng.integers(0, 10**6, 2000)
+    raw[:4] = [5, 15, 25, 35]                # ties at factor 0.1
+    for factor in (Decimal("0.5"), Decimal("0.1"), Decimal("0.8"), Decimal("0.333333333333"),
+                   Decimal("2"), Decimal("1"), Decimal("0.125")):
+        got = NC.scale_half_even(raw, factor)
+        want = [int((Decimal(int(x)) * factor).quantize(Decimal(1),
+                                                         rounding="ROUND_HALF_EVEN"))
+                for x in raw]
+        assert got is not None and got.tolist() == want
+
+
+def test_scaling_that_could_overflow_is_refused() -> None:
+    assert NC.scale_half_even(np.array([2**60]), Decimal("7")) is None
+    assert NC.scale_half_even(np.array([1]), Decimal("-0.5")) is None
+
+
+def test_pico_dollars_become_the_exact_decimal_column() -> None:
+    values = np.array([0, 1, 10**12, 123_456_789_012_345, -7], np.int64)
+    arr = NC._money(values, np.array([True, True, True, False, True]))
+    assert arr.to_pylist() == [Decimal("0E-12"), Decimal("1E-12"), Decimal("1.000000000000"),
+                               None, Decimal("-7E-12")]
