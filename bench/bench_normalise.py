@@ -5,9 +5,12 @@ conventions (semconv, OpenLLMetry, OpenInference, OpenLIT), with agent, tool and
 non-GenAI spans among the calls, then measures:
 
   (a) baseline: ``ExportTraceServiceRequest.ParseFromString`` of every request;
-  (b) ``pipeline.otlp.decode_record`` + ``pipeline.normalise.normalise`` of the same bytes.
+  (b) ``pipeline.otlp.decode_record`` + the row-by-row reference ``pipeline.normalise``;
+  (c) ``pipeline.otlp.decode_record`` + ``pipeline.normalise_columnar`` (what the stage
+      runs), one request per batch, then (c8) eight requests per batch;
 
-and prints both rates in spans/s and their ratio. Usage:
+checks that (b) and (c) give equal tables, and prints every rate in spans/s and the
+ratios against (a) and (b). Usage:
 ``.venv/bin/python bench/bench_normalise.py [requests] [spans_per_request]``.
 """
 
@@ -21,12 +24,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import pyarrow as pa
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
-from pipeline import otlp, pricing
+from pipeline import normalise_columnar, otlp, pricing
 from pipeline.config import Settings
 from pipeline.normalise import normalise
 
@@ -132,17 +136,36 @@ def main() -> None:
     t = time.perf_counter()
     for spans in batches:
         calls += normalise(spans, settings, catalog, key).calls.num_rows
-    norm_s = decode_s + time.perf_counter() - t
+    ref_s = decode_s + time.perf_counter() - t
+
+    col = normalise_columnar.normalise
+    col(batches[0], settings, catalog, key)
+    t = time.perf_counter()
+    tables = [col(spans, settings, catalog, key).calls for spans in batches]
+    col_s = decode_s + time.perf_counter() - t
+    big = [pa.concat_tables(batches[i:i + 8]) for i in range(0, len(batches), 8)]
+    t = time.perf_counter()
+    for spans in big:
+        col(spans, settings, catalog, key)
+    col8_s = decode_s + time.perf_counter() - t
+    same = all(c.equals(normalise(s, settings, catalog, key).calls)
+               for c, s in zip(tables[:5], batches[:5], strict=True))
 
     print(f"input: {n_req} requests x {n_spans} spans = {total} spans, {mb:.1f} MB, "
           f"{calls} calls, one core")
-    print(f"(a) protobuf ParseFromString     : {total / parse_s:12,.0f} spans/s "
-          f"({parse_s:.2f} s)")
-    print(f"(b) decode_record + normalise    : {total / norm_s:12,.0f} spans/s "
-          f"({norm_s:.2f} s)")
-    print(f"    of which decode_record       : {total / decode_s:12,.0f} spans/s "
+    rows = [("(a) protobuf ParseFromString", parse_s),
+            ("(b) decode_record + reference", ref_s),
+            ("(c) decode_record + columnar", col_s),
+            ("(c8) same, 8 requests a batch", col8_s)]
+    for label, secs in rows:
+        print(f"{label:32s}: {total / secs:12,.0f} spans/s ({secs:.2f} s)")
+    print(f"    of which decode_record      : {total / decode_s:12,.0f} spans/s "
           f"({decode_s:.2f} s)")
-    print(f"ratio (b)/(a): {parse_s / norm_s:.4f}  ((a) is {norm_s / parse_s:.0f}x faster)")
+    print(f"columnar equals reference on the first 5 batches: {same}")
+    print(f"ratios: (c)/(a) {parse_s / col_s:.3f}, (c8)/(a) {parse_s / col8_s:.3f}, "
+          f"(c)/(b) {ref_s / col_s:.1f}x, (c8)/(b) {ref_s / col8_s:.1f}x")
+    if not same:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -74,6 +74,11 @@ class _Attrs:
         self.bool = values.field("bool").fill_null(False).to_numpy(zero_copy_only=False)
         empty = pc.fill_null(pc.equal(self.str, ""), False).to_numpy(zero_copy_only=False)
         self.valued = np.isin(self.type, _VALUED) & ~(np.isin(self.type, _STRINGY) & empty)
+        # Padded with the value of "absent" so that position -1 reads it (one gather).
+        self.type_pad = np.append(self.type.astype(np.int64), -1)
+        self.valued_pad = np.append(self.valued, False)
+        self.int_pad = np.append(self.int.astype(np.int64), 0)
+        self.bool_pad = np.append(self.bool.astype(bool), False)
         self.row_of = np.full(len(values), -1, np.int64)
         self.row_of[offsets[0]:offsets[-1]] = np.repeat(np.arange(n), np.diff(offsets))
         self.col = {k: j for j, k in enumerate(dict.fromkeys(keys))}
@@ -97,11 +102,11 @@ class _Attrs:
             np.full(len(p), missing)
 
     def type_at(self, p: np.ndarray) -> np.ndarray:
-        return self.at(self.type, p, -1)
+        return self.type_pad[p]
 
     def is_valued(self, p: np.ndarray) -> np.ndarray:
         """The reference's ``first`` test: present, not None, not ''."""
-        return self.at(self.valued, p, False).astype(bool)
+        return self.valued_pad[p]
 
     def str_at(self, p: np.ndarray) -> pa.Array:
         return self.str.take(pa.array(p, mask=p < 0)) if len(self.str) else \
@@ -178,6 +183,14 @@ def _hex(arr: pa.Array, empty_is_null: bool = False) -> pa.Array:
         text = pc.if_else(pc.equal(pc.binary_length(arr), 0), pa.scalar(None, pa.string()),
                           text)
     return text
+
+
+def _one_of(values: np.ndarray, allowed: Iterable[int]) -> np.ndarray:
+    """``np.isin`` for a handful of small ints, without its per-call overhead."""
+    out = np.zeros(values.shape, bool)
+    for a in allowed:
+        out |= values == a
+    return out
 
 
 def _lengths_are(arr: pa.Array, allowed: tuple[int, ...]) -> bool:
@@ -282,13 +295,13 @@ class _Batch:
     def string_field(self, name: str, allowed: tuple[int, ...] = (S.STRING,)) -> pa.Array:
         """``_str(first(attrs, name))`` for spans whose pick is a plain string."""
         p = self.A.first(cv.FIELDS[name])
-        self.mark((p >= 0) & ~np.isin(self.A.type_at(p), allowed))
+        self.mark((p >= 0) & ~_one_of(self.A.type_at(p), allowed))
         return self.A.str_at(p)
 
     def token_field(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         """(count, present) for spans whose pick is a non-negative integer."""
         p = self.A.first(cv.FIELDS[name])
-        count = self.A.at(self.A.int, p, 0).astype(np.int64)
+        count = self.A.int_pad[p]
         self.mark((p >= 0) & ((self.A.type_at(p) != S.INT) | (count < 0)))
         return np.where(p >= 0, count, 0), p >= 0
 
@@ -312,9 +325,9 @@ class _Batch:
         """A numeric field through the reference's ``_number`` (rare: per present value)."""
         p = self.A.first(cv.FIELDS[name])
         t = self.A.type_at(p)
-        self.mark((p >= 0) & ~np.isin(t, (S.INT, S.DOUBLE)))
+        self.mark((p >= 0) & ~_one_of(t, (S.INT, S.DOUBLE)))
         out: list[Any] = [None] * self.n
-        for i in np.nonzero((p >= 0) & np.isin(t, (S.INT, S.DOUBLE)))[0]:
+        for i in np.nonzero((p >= 0) & _one_of(t, (S.INT, S.DOUBLE)))[0]:
             raw = int(self.A.int[p[i]]) if t[i] == S.INT else float(self.A.dbl[p[i]])
             d = ref._number(raw)
             try:
@@ -520,15 +533,15 @@ def _fields(b: _Batch, kind: np.ndarray, is_llm: np.ndarray) -> dict[str, Any]:
                                    lambda d: d.quantize(pricing.QUANTUM), C.MONEY)
     bp = A.pos(cv.BATCH_ATTRIBUTE)
     bt = A.type_at(bp)
-    b.mark((bp >= 0) & ~np.isin(bt, (S.BOOL, S.EMPTY)))
-    f["batch"] = (bt == S.BOOL) & A.at(A.bool, bp, False).astype(bool)
+    b.mark((bp >= 0) & ~_one_of(bt, (S.BOOL, S.EMPTY)))
+    f["batch"] = (bt == S.BOOL) & A.bool_pad[bp]
     for key in privacy.HASH_ATTRIBUTES:
         p = A.pos(key)
-        b.mark((p >= 0) & ~np.isin(A.type_at(p), (S.STRING, S.EMPTY)))
+        b.mark((p >= 0) & ~_one_of(A.type_at(p), (S.STRING, S.EMPTY)))
         f[key] = pc.if_else(pc.equal(A.str_at(p), ""), pa.scalar(None, pa.string()),
                             A.str_at(p))
     sp = R.pos("service.name")
-    b.mark((sp >= 0) & ~np.isin(R.type_at(sp), (S.STRING, S.EMPTY)))
+    b.mark((sp >= 0) & ~_one_of(R.type_at(sp), (S.STRING, S.EMPTY)))
     f["service"] = R.str_at(sp)
     for name in ("team", "use_case", "unit_type", "unit_id", "prompt_version", "environment"):
         f[name] = b.lookup(ctx.attribution[name])
@@ -577,12 +590,15 @@ def _price(b: _Batch, f: dict[str, Any], is_llm: np.ndarray, is_call: np.ndarray
     groups: dict[tuple, list[int]] = {}
     for r, key in zip(rows.tolist(), zip(*cols, strict=True), strict=True):
         groups.setdefault(key, []).append(r)
-    for (resp, req, provider, tenant, batch), members in groups.items():
+    cache = _quotes(ctx)
+    for key, members in groups.items():
         idx = np.array(members, np.int64)
-
-        key = (resp, req, provider, tenant, batch)
-        q0 = _quote_one(ctx, f, key, int(idx[0]))
-        entry = ctx.catalog.entry(q0.provider, q0.model) if q0.model else None
+        tenant, batch = key[3], key[4]
+        if key not in cache.groups:
+            q0 = _quote_one(ctx, f, key, int(idx[0]))
+            cache.groups[key] = (ctx.catalog.entry(q0.provider, q0.model) if q0.model
+                                 else None, q0)
+        entry, q0 = cache.groups[key]
         term = ctx.overrides.get(tenant)
         if entry is not None and (entry.unit != pricing.UNIT_TOKEN or (
                 term is not None and any(m.lower() in term.models
@@ -594,15 +610,40 @@ def _price(b: _Batch, f: dict[str, Any], is_llm: np.ndarray, is_call: np.ndarray
             continue
         starts = np.array([v.start_ns for v in entry.versions], np.int64)
         vidx = np.searchsorted(starts, f["start"][idx], side="right") - 1
-        for vi in np.unique(vidx):
+        for vi in np.unique(vidx).tolist():
             sel = idx[vidx == vi]
-            q = q0 if vi == vidx[0] else _quote_one(ctx, f, key, int(sel[0]))
+            q = cache.versions.get((key, vi))
+            fresh = q is None
+            if q is None:
+                q = cache.versions[(key, vi)] = _quote_one(ctx, f, key, int(sel[0]))
             _set_quote(out, sel, q)
             if not q.priced:
                 continue
-            if not _integer_cost(out, sel, entry, entry.versions[vi], tok, batch, term, q):
+            if not _integer_cost(out, sel, entry, entry.versions[vi], tok, batch, term,
+                                 q if fresh else None):
                 b.slow[sel] = True
     return out
+
+
+class _QuoteCache:
+    """Reference quotes per group and price version, kept across batches for one
+    (catalog, pricing settings) pair: what they say does not depend on token counts."""
+
+    def __init__(self, owner: tuple[Any, Any]) -> None:
+        self.owner = owner
+        self.groups: dict[tuple, tuple[pricing.ModelEntry | None, pricing.Quote]] = {}
+        self.versions: dict[tuple, pricing.Quote] = {}
+
+
+_QUOTE_CACHE: list[_QuoteCache] = []
+
+
+def _quotes(ctx: ref._Context) -> _QuoteCache:
+    owner = (ctx.catalog, ctx.settings.pricing)
+    if not _QUOTE_CACHE or _QUOTE_CACHE[0].owner[0] is not owner[0] or \
+            _QUOTE_CACHE[0].owner[1] is not owner[1] or len(_QUOTE_CACHE[0].versions) > 50_000:
+        _QUOTE_CACHE[:] = [_QuoteCache(owner)]
+    return _QUOTE_CACHE[0]
 
 
 def _quote_one(ctx: ref._Context, f: dict[str, Any], key: tuple, i: int) -> pricing.Quote:
@@ -627,9 +668,10 @@ def _set_quote(out: dict[str, Any], sel: np.ndarray, q: pricing.Quote) -> None:
 
 def _integer_cost(out: dict[str, Any], sel: np.ndarray, entry: pricing.ModelEntry,
                   v: pricing.PriceVersion, tok: dict[str, np.ndarray], batch: bool,
-                  term: pricing.TenantOverride | None, q: pricing.Quote) -> bool:
+                  term: pricing.TenantOverride | None, q: pricing.Quote | None) -> bool:
     """Fill list and tenant cost of ``sel`` exactly; False when the integer path cannot
-    (prices finer than a pico-dollar per token, overflow) or disagrees with ``q``."""
+    (prices finer than a pico-dollar per token, overflow) or disagrees with ``q`` (the
+    reference's quote of the first call of ``sel``, when it was just computed)."""
     parts = {k: tok[k][sel] for k in ("input", "output", "cache_read", "cache_write",
                                       "reasoning")}
     if any(int(a.max()) >= _SAFE for a in parts.values()):
@@ -645,8 +687,8 @@ def _integer_cost(out: dict[str, Any], sel: np.ndarray, entry: pricing.ModelEntr
     cost_pico = scale_half_even(raw, cost_factor)
     if list_pico is None or cost_pico is None:
         return False
-    if (Decimal(int(list_pico[0])).scaleb(-C.MONEY_SCALE) != q.list_cost
-            or Decimal(int(cost_pico[0])).scaleb(-C.MONEY_SCALE) != q.cost):
+    if q is not None and (Decimal(int(list_pico[0])).scaleb(-C.MONEY_SCALE) != q.list_cost
+                          or Decimal(int(cost_pico[0])).scaleb(-C.MONEY_SCALE) != q.cost):
         return False
     out["list"][sel], out["cost"][sel], out["valid"][sel] = list_pico, cost_pico, True
     return True
