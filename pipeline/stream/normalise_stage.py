@@ -21,9 +21,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline import normalise as core
+from pipeline import calls_ndjson, otlp, pricing
 from pipeline import normalise_columnar as columnar
-from pipeline import otlp, pricing
 from pipeline.aggregate import HEARTBEAT_HEADER
 from pipeline.config import Settings
 from pipeline.dlq import dlq_headers
@@ -84,16 +83,7 @@ class NormaliseStage:
         return result
 
     def _route(self, calls) -> list[tuple[int, bytes]]:
-        if calls.num_rows == 0:
-            return []
-        lines = core.calls_to_ndjson(calls)
-        tenants = calls.column("tenant").to_pylist()
-        sessions = calls.column("session_id").to_pylist()
-        groups: dict[int, list[bytes]] = {}
-        for line, tenant, session in zip(lines, tenants, sessions, strict=True):
-            p = core.murmur2_partition(core.partition_key(tenant, session), self.partitions)
-            groups.setdefault(p, []).append(line)
-        return [(p, b"\n".join(g) + b"\n") for p, g in sorted(groups.items())]
+        return calls_ndjson.route(calls, self.partitions)
 
 
 def _headers(headers: Any) -> list[tuple[str, bytes]]:
@@ -115,6 +105,7 @@ def register(app, settings: Settings, heartbeats: bool = False) -> NormaliseStag
     stage = NormaliseStage(settings, calls_partitions(settings))
     log.info("OTLP wire decoder ready in %.1f s (native: %s)", otlp_wire.warm_up(),
              otlp_wire.NATIVE)
+    calls_ndjson.warm_up()
     source = app.topic(OTLP_SPANS, value_type=bytes, value_serializer="raw")
     calls_topic = app.topic(LLM_CALLS, value_type=bytes, value_serializer="raw")
     dlq_topic = app.topic(OTLP_SPANS_DLQ, value_type=bytes, value_serializer="raw")

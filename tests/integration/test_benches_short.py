@@ -1,5 +1,6 @@
 """The issue-11 benchmarks in their short mode: each checks its own correctness (the
-lake equals the generator's truth; the wire decoder equals the reference decoder) and
+lake equals the generator's truth; the wire decoder equals the reference decoder; the
+columnar normaliser equals the reference) and
 exits non-zero otherwise. No figure is judged here: times belong to bench/, not tests."""
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("bench", ["bench_e2e.py", "bench_decode.py"])
+@pytest.mark.parametrize("bench", ["bench_e2e.py", "bench_decode.py",
+                                   "bench_normalise.py"])
 def test_the_benchmark_runs_short_and_checks_itself(kafka_settings, bench):
     out = subprocess.run([sys.executable, str(ROOT / "bench" / bench), "--short"],
                          cwd=ROOT, capture_output=True, text=True, timeout=600)
