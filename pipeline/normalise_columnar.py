@@ -19,8 +19,10 @@ tests compare both on every corpus and on random batches.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -241,23 +243,6 @@ def _prices(p: pricing.Prices) -> tuple[int, ...] | None:
     out = tuple(pico(x) for x in (p.input, p.cache_read, p.cache_write, p.output,
                                   p.reasoning))
     return None if any(x is None or not 0 <= x < _SAFE for x in out) else out  # type: ignore
-
-
-def _token_pico(v: pricing.PriceVersion, tok: dict[str, np.ndarray]) -> np.ndarray | None:
-    """Each call's token cost at one version's prices (tier by input), exactly."""
-    assert v.base is not None
-    base = _prices(v.base)
-    tiers = [(t.above_input_tokens, _prices(t)) for t in reversed(v.tiers)]
-    if base is None or any(tp is None for _, tp in tiers):
-        return None
-    inp = tok["input"]
-    rate = np.tile(np.array(base, np.int64), (len(inp), 1))
-    for above, tp in tiers:                  # lowest threshold first: the highest wins
-        rate[inp > above] = tp
-    parts = np.stack([inp - tok["cache_read"] - tok["cache_write"], tok["cache_read"],
-                      tok["cache_write"], tok["output"] - tok["reasoning"],
-                      tok["reasoning"]], axis=1)
-    return (parts * rate).sum(axis=1)
 
 
 # ------------------------------------------------------------------ the batch
@@ -591,15 +576,17 @@ def _price(b: _Batch, f: dict[str, Any], is_llm: np.ndarray, is_call: np.ndarray
     for r, key in zip(rows.tolist(), zip(*cols, strict=True), strict=True):
         groups.setdefault(key, []).append(r)
     cache = _quotes(ctx)
+    plans: list[_Plan] = []
+    plan_of = np.full(n, -1, np.int64)
+    fresh_rows: list[tuple[int, pricing.Quote]] = []
     for key, members in groups.items():
         idx = np.array(members, np.int64)
-        tenant, batch = key[3], key[4]
         if key not in cache.groups:
             q0 = _quote_one(ctx, f, key, int(idx[0]))
             cache.groups[key] = (ctx.catalog.entry(q0.provider, q0.model) if q0.model
                                  else None, q0)
         entry, q0 = cache.groups[key]
-        term = ctx.overrides.get(tenant)
+        term = ctx.overrides.get(key[3])
         if entry is not None and (entry.unit != pricing.UNIT_TOKEN or (
                 term is not None and any(m.lower() in term.models
                                          for m in (entry.model, *entry.aliases)))):
@@ -613,16 +600,89 @@ def _price(b: _Batch, f: dict[str, Any], is_llm: np.ndarray, is_call: np.ndarray
         for vi in np.unique(vidx).tolist():
             sel = idx[vidx == vi]
             q = cache.versions.get((key, vi))
-            fresh = q is None
             if q is None:
                 q = cache.versions[(key, vi)] = _quote_one(ctx, f, key, int(sel[0]))
+                fresh_rows.append((int(sel[0]), q))
             _set_quote(out, sel, q)
             if not q.priced:
                 continue
-            if not _integer_cost(out, sel, entry, entry.versions[vi], tok, batch, term,
-                                 q if fresh else None):
+            plan = _plan(entry, entry.versions[vi], key[4], term)
+            if plan is None:
                 b.slow[sel] = True
+                continue
+            plan_of[sel] = len(plans)
+            plans.append(plan)
+    if plans:
+        _integer_costs(out, plans, plan_of, tok, b)
+    for i, q in fresh_rows:                  # the reference agrees, or that group is slow
+        if out["valid"][i] and (
+                Decimal(int(out["list"][i])).scaleb(-C.MONEY_SCALE) != q.list_cost
+                or Decimal(int(out["cost"][i])).scaleb(-C.MONEY_SCALE) != q.cost):
+            b.slow[plan_of == plan_of[i]] = True
     return out
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How the calls of one (group, price version) are priced in integers: pico-dollar
+    rates per token part (base, then tiers lowest threshold first) and the exact factors
+    of list cost (batch multiplier) and tenant cost (and discount)."""
+
+    base: tuple[int, ...]
+    tiers: tuple[tuple[int, tuple[int, ...]], ...]
+    list_factor: Decimal
+    cost_factor: Decimal
+
+
+def _plan(entry: pricing.ModelEntry, v: pricing.PriceVersion, batch: bool,
+          term: pricing.TenantOverride | None) -> _Plan | None:
+    """The integer plan of a version, or None when a price is finer than a pico-dollar
+    per token (the reference prices those)."""
+    assert v.base is not None
+    base = _prices(v.base)
+    tiers = tuple((t.above_input_tokens, _prices(t)) for t in reversed(v.tiers))
+    if base is None or any(tp is None for _, tp in tiers):
+        return None
+    factor = entry.batch_multiplier if batch and entry.batch_multiplier is not None \
+        else Decimal(1)
+    cost_factor = factor if term is None or term.discount is None else \
+        factor * (1 - term.discount)
+    return _Plan(base, tiers, factor, cost_factor)  # type: ignore[arg-type]
+
+
+def _integer_costs(out: dict[str, Any], plans: list[_Plan], plan_of: np.ndarray,
+                   tok: dict[str, np.ndarray], b: _Batch) -> None:
+    """List and tenant cost of every planned call at once, exactly (int64 pico-dollars);
+    calls whose counts or costs could overflow take the reference path."""
+    rows = np.nonzero(plan_of >= 0)[0]
+    parts = np.stack([tok["input"][rows] - tok["cache_read"][rows] - tok["cache_write"][rows],
+                      tok["cache_read"][rows], tok["cache_write"][rows],
+                      tok["output"][rows] - tok["reasoning"][rows], tok["reasoning"][rows]],
+                     axis=1)
+    big = (parts >= _SAFE).any(axis=1) | (tok["input"][rows] >= _SAFE)
+    pid = plan_of[rows]
+    rates = np.array([p.base for p in plans], np.int64)[pid]
+    for j, p in enumerate(plans):
+        for above, tp in p.tiers:             # lowest threshold first: the highest wins
+            hit = (pid == j) & (tok["input"][rows] > above)
+            rates[hit] = tp
+    raw = (np.where(big[:, None], 0, parts) * rates).sum(axis=1)
+    list_pico, cost_pico = raw.copy(), raw.copy()
+    ok = ~big
+    factors = {(p.list_factor, p.cost_factor) for p in plans} - {(Decimal(1), Decimal(1))}
+    for lf, cf in factors:
+        sel = np.isin(pid, [j for j, p in enumerate(plans)
+                            if (p.list_factor, p.cost_factor) == (lf, cf)])
+        for target, factor in ((list_pico, lf), (cost_pico, cf)):
+            scaled = scale_half_even(raw[sel], factor)
+            if scaled is None:
+                ok &= ~sel
+            else:
+                target[sel] = scaled
+    b.slow[rows[~ok]] = True
+    good = rows[ok]
+    out["list"][good], out["cost"][good] = list_pico[ok], cost_pico[ok]
+    out["valid"][good] = True
 
 
 class _QuoteCache:
@@ -666,32 +726,29 @@ def _set_quote(out: dict[str, Any], sel: np.ndarray, q: pricing.Quote) -> None:
     out["priced"][sel] = q.priced
 
 
-def _integer_cost(out: dict[str, Any], sel: np.ndarray, entry: pricing.ModelEntry,
-                  v: pricing.PriceVersion, tok: dict[str, np.ndarray], batch: bool,
-                  term: pricing.TenantOverride | None, q: pricing.Quote | None) -> bool:
-    """Fill list and tenant cost of ``sel`` exactly; False when the integer path cannot
-    (prices finer than a pico-dollar per token, overflow) or disagrees with ``q`` (the
-    reference's quote of the first call of ``sel``, when it was just computed)."""
-    parts = {k: tok[k][sel] for k in ("input", "output", "cache_read", "cache_write",
-                                      "reasoning")}
-    if any(int(a.max()) >= _SAFE for a in parts.values()):
-        return False
-    raw = _token_pico(v, parts)
-    if raw is None:
-        return False
-    factor = entry.batch_multiplier if batch and entry.batch_multiplier is not None \
-        else Decimal(1)
-    list_pico = scale_half_even(raw, factor)
-    cost_factor = factor if term is None or term.discount is None else \
-        factor * (1 - term.discount)
-    cost_pico = scale_half_even(raw, cost_factor)
-    if list_pico is None or cost_pico is None:
-        return False
-    if q is not None and (Decimal(int(list_pico[0])).scaleb(-C.MONEY_SCALE) != q.list_cost
-                          or Decimal(int(cost_pico[0])).scaleb(-C.MONEY_SCALE) != q.cost):
-        return False
-    out["list"][sel], out["cost"][sel], out["valid"][sel] = list_pico, cost_pico, True
-    return True
+def _call_ids(tenant: pa.Array, trace: pa.Array, span: pa.Array) -> pa.Array:
+    """:func:`pipeline.normalise.call_id` of every row: one BLAKE2b per call over the
+    tenant's prefix (hashed once per tenant) and the 24 id bytes, sliced from buffers."""
+    ids = np.concatenate([_fixed(trace, 16), _fixed(span, 8)], axis=1).tobytes()
+    prefixes: dict[str, Any] = {}
+    out = []
+    for i, t in enumerate(tenant.to_pylist()):
+        h = prefixes.get(t)
+        if h is None:
+            enc = t.encode()
+            h = prefixes[t] = hashlib.blake2b(len(enc).to_bytes(4, "big") + enc,
+                                              digest_size=16)
+        h = h.copy()
+        h.update(ids[24 * i:24 * i + 24])
+        out.append(h.hexdigest())
+    return pa.array(out, pa.string())
+
+
+def _fixed(arr: pa.Array, width: int) -> np.ndarray:
+    """The bytes of a binary column whose values all have ``width`` bytes, (n, width)."""
+    offs = np.frombuffer(arr.buffers()[1], np.int32)[arr.offset:arr.offset + len(arr) + 1]
+    data = np.frombuffer(arr.buffers()[2], np.uint8)[offs[0]:offs[-1]]
+    return data.reshape(len(arr), width)
 
 
 def _fast_table(b: _Batch, f: dict[str, Any], p: dict[str, Any], rows: np.ndarray,
@@ -703,12 +760,15 @@ def _fast_table(b: _Batch, f: dict[str, Any], p: dict[str, Any], rows: np.ndarra
     tenant = take(b.col["tenant"])
     trace, span = take(b.col["trace_id"]), take(b.col["span_id"])
     trace_hex = _hex(trace)
-    call_ids = [ref.call_id(t, tr, s) for t, tr, s in
-                zip(tenant.to_pylist(), trace.to_pylist(), span.to_pylist(), strict=True)]
+    call_ids = _call_ids(tenant, trace, span)
     tok = f["tok"]
     anc = agent_row[rows]
-    anc_name = pa.array([agents.get(int(j), (None, None))[0] for j in anc], pa.string())
-    anc_id = pa.array([agents.get(int(j), (None, None))[1] for j in anc], pa.string())
+    names = [None, *(agents[j][0] for j in agents)]
+    ids = [None, *(agents[j][1] for j in agents)]
+    slot = {j: k + 1 for k, j in enumerate(agents)}
+    which = pa.array([slot.get(j, 0) for j in anc.tolist()], pa.int64())
+    anc_name = pa.array(names, pa.string()).take(which)
+    anc_id = pa.array(ids, pa.string()).take(which)
     def ints(name: str) -> pa.Array:
         return pa.array(tok[name][rows], pa.int64(), mask=~tok[name + "_present"][rows])
 
@@ -716,7 +776,7 @@ def _fast_table(b: _Batch, f: dict[str, Any], p: dict[str, Any], rows: np.ndarra
     unit = np.int64(1000)
     kinds = np.array(_KIND_NAMES, object)[f["kind"][rows]]
     cols = {
-        C.CALL_ID: pa.array(call_ids, pa.string()),
+        C.CALL_ID: call_ids,
         C.KIND: pa.array(kinds, pa.string()),
         C.TENANT: tenant,
         C.SERVICE: take(f["service"]),
@@ -827,3 +887,4 @@ def _stats(n: int, kind: np.ndarray, calls: pa.Table) -> Counter:
     if unpriced:
         stats["unpriced"] = unpriced
     return stats
+
