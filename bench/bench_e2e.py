@@ -7,9 +7,10 @@ the receivers accept it (sanitised, split, tenant header), as a backlog: a worke
 started once so its consumer groups pin where they start, stopped, the traffic is
 produced, and the worker is started again. Measures:
 
-  (e) one ``llmspend worker`` process (stages normalise, aggregate, lake): calls/s from
-      its first record to the last call's row in Parquet (DuckDB count of the bench's
-      tenant), wall and per worker CPU-second;
+  (e) one ``llmspend worker`` process (stages normalise, aggregate, lake; with
+      ``--all-stages`` also detect and detect_windows): calls/s from its first record
+      to the last call's row in Parquet (the new files' row counts, then a DuckDB count
+      of the bench's tenant), wall and per worker CPU-second;
   (r) baseline, same run: an aiokafka consumer reading the same ``otlp_spans`` records
       and ``ExportTraceServiceRequest.ParseFromString`` on each (nothing else).
 
@@ -18,7 +19,7 @@ calls per worker core). ``--short`` (CI) uses a small traffic and checks only th
 lake equals the generator's truth (calls and exact cost); it never judges a time.
 
 Needs the broker (``llmspend up --kafka-only``). Usage:
-``.venv/bin/python bench/bench_e2e.py [calls] [--short]``.
+``.venv/bin/python bench/bench_e2e.py [calls] [--short] [--all-stages]``.
 """
 
 from __future__ import annotations
@@ -54,12 +55,12 @@ def _cpu_s(pid: int) -> float:
 class Worker:
     """One `llmspend worker` process of the bench's app id, state and lake."""
 
-    def __init__(self, state: Path, app_id: str) -> None:
+    def __init__(self, state: Path, app_id: str, stages: str) -> None:
         self.state = state
         self.env = {**os.environ, "LLMSPEND_STATE_DIR": str(state),
                     "LLMSPEND_STREAM_APP_ID": app_id, "LLMSPEND_HASH_KEY": HASH_KEY,
                     "LLMSPEND_STREAM_AUTO_OFFSET_RESET": "latest",
-                    "LLMSPEND_STREAM_STAGES": "normalise,aggregate,lake",
+                    "LLMSPEND_STREAM_STAGES": stages,
                     "LLMSPEND_STREAM_METRICS_PORT": "0", "LLMSPEND_LAKE_FLUSH_S": "1",
                     "LLMSPEND_JOBS_EVERY_S": "0"}
         self.proc: subprocess.Popen | None = None
@@ -183,13 +184,16 @@ def raw_loop(settings, start: dict, end: dict) -> tuple[float, int]:
 
 def main() -> None:
     short = "--short" in sys.argv
+    # --all-stages: the detectors too (what `llmspend worker` runs by default).
+    stages = "normalise,aggregate,detect,detect_windows,lake" if "--all-stages" in sys.argv \
+        else "normalise,aggregate,lake"
     n_calls = int(next((a for a in sys.argv[1:] if a.isdigit()), 2_000 if short else 200_000))
     settings = load_settings()
     run_id = uuid.uuid4().hex[:8]
     tenant, app_id = f"bench-{run_id}", f"llmspend-bench-e2e-{run_id}"
     with tempfile.TemporaryDirectory(prefix="llmspend-bench-e2e-") as tmp:
         state = Path(tmp)
-        worker = Worker(state, app_id)
+        worker = Worker(state, app_id, stages)
         worker.start()            # the groups pin where they start ...
         worker.stop()             # ... so the backlog below waits for the next start
         start = {tp.partition: o for tp, o in clients.end_offsets(settings,

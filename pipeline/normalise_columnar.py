@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from pipeline.config import Settings
 from schemas import calls as C
 from schemas import spans as S
 
+log = logging.getLogger(__name__)
 #: The row-by-row normaliser, bound at import (tests wrap ``ref.normalise``).
 _reference = ref.normalise
 _LLM, _TOOL, _AGENT, _CHAIN, _OTHER = range(5)
@@ -618,6 +620,9 @@ def _price(b: _Batch, f: dict[str, Any], is_llm: np.ndarray, is_call: np.ndarray
         if out["valid"][i] and (
                 Decimal(int(out["list"][i])).scaleb(-C.MONEY_SCALE) != q.list_cost
                 or Decimal(int(out["cost"][i])).scaleb(-C.MONEY_SCALE) != q.cost):
+            log.warning("integer pricing disagrees with the reference for %s at %s "
+                        "(%s, %s pico): priced by the reference", q.model, q.price_version,
+                        out["list"][i], out["cost"][i])
             b.slow[plan_of == plan_of[i]] = True
     return out
 
