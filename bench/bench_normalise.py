@@ -10,7 +10,8 @@ non-GenAI spans among the calls, then measures:
       runs), one request per batch, then (c8) eight requests per batch;
 
 checks that (b) and (c) give equal tables, and prints every rate in spans/s and the
-ratios against (a) and (b). Usage:
+ratios against (a) and (b); then (w) the ``llm_calls`` records of those calls, by the
+reference ``calls_to_ndjson`` and by ``calls_ndjson.route`` (checked: the same lines). Usage:
 ``.venv/bin/python bench/bench_normalise.py [requests] [spans_per_request] [--short]``
 (``--short``: 8 x 128 spans, for CI, which reads only the exit status).
 """
@@ -31,9 +32,9 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
-from pipeline import normalise_columnar, otlp, pricing
+from pipeline import calls_ndjson, normalise_columnar, otlp, pricing
 from pipeline.config import Settings
-from pipeline.normalise import normalise
+from pipeline.normalise import calls_to_ndjson, normalise
 
 T0 = 1_760_000_000 * 10**9
 MODELS = ["gpt-4o-mini", "gpt-4o-2024-08-06", "claude-sonnet-4-5-20250929", "gpt-5",
@@ -154,6 +155,16 @@ def main() -> None:
     same = all(c.equals(normalise(s, settings, catalog, key).calls)
                for c, s in zip(tables[:5], batches[:5], strict=True))
 
+    calls_ndjson.warm_up()
+    t = time.perf_counter()
+    ref_lines = [calls_to_ndjson(c) for c in tables]
+    lines_s = time.perf_counter() - t
+    t = time.perf_counter()
+    routed = [calls_ndjson.route(c, 6) for c in tables]
+    route_s = time.perf_counter() - t
+    same_bytes = all(sorted(b"".join(body for _, body in r).splitlines()) == sorted(lines)
+                     for r, lines in zip(routed, ref_lines, strict=True))
+
     print(f"input: {n_req} requests x {n_spans} spans = {total} spans, {mb:.1f} MB, "
           f"{calls} calls, one core")
     rows = [("(a) protobuf ParseFromString", parse_s),
@@ -165,9 +176,12 @@ def main() -> None:
     print(f"    of which decode_record      : {total / decode_s:12,.0f} spans/s "
           f"({decode_s:.2f} s)")
     print(f"columnar equals reference on the first 5 batches: {same}")
+    print(f"(w) llm_calls records, reference calls_to_ndjson: {calls / lines_s:10,.0f} calls/s; "
+          f"calls_ndjson.route (6 partitions): {calls / route_s:10,.0f} calls/s "
+          f"({lines_s / route_s:.1f}x), same lines: {same_bytes}")
     print(f"ratios: (c)/(a) {parse_s / col_s:.3f}, (c8)/(a) {parse_s / col8_s:.3f}, "
           f"(c)/(b) {ref_s / col_s:.1f}x, (c8)/(b) {ref_s / col8_s:.1f}x")
-    if not same:
+    if not (same and same_bytes):
         sys.exit(1)
 
 
