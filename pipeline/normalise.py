@@ -14,6 +14,10 @@ children's tokens) but lend their agent name and id to the calls beneath them.
 
 Also here: the ``llm_calls`` NDJSON codec (:func:`calls_to_ndjson`,
 :func:`ndjson_to_calls`) and Kafka's default partitioner (:func:`murmur2_partition`).
+
+This module is the reference, one span and one call at a time: the stage runs the
+columnar equivalents (:mod:`pipeline.normalise_columnar`, :mod:`pipeline.calls_ndjson`),
+which the tests hold equal to it.
 """
 
 from __future__ import annotations

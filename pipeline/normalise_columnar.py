@@ -704,9 +704,12 @@ _QUOTE_CACHE: list[_QuoteCache] = []
 
 
 def _quotes(ctx: ref._Context) -> _QuoteCache:
+    """The cache of this catalog and these pricing settings: a new one when they change,
+    or when it holds 50,000 entries (model names come from spans: unbounded)."""
     owner = (ctx.catalog, ctx.settings.pricing)
     if not _QUOTE_CACHE or _QUOTE_CACHE[0].owner[0] is not owner[0] or \
-            _QUOTE_CACHE[0].owner[1] is not owner[1] or len(_QUOTE_CACHE[0].versions) > 50_000:
+            _QUOTE_CACHE[0].owner[1] is not owner[1] or \
+            len(_QUOTE_CACHE[0].versions) + len(_QUOTE_CACHE[0].groups) > 50_000:
         _QUOTE_CACHE[:] = [_QuoteCache(owner)]
     return _QUOTE_CACHE[0]
 
