@@ -494,7 +494,7 @@ def _app_cost(attrs: Mapping[str, Any], flags: list[str]) -> Decimal | None:
     if d is None or abs(d) >= Decimal(10) ** 20:
         flags.append("bad_app_cost")
         return None
-    return d.quantize(pricing.QUANTUM)
+    return pricing.to_money(d)
 
 
 def _attribute(row: dict[str, Any], attrs: Mapping[str, Any], res: Mapping[str, Any],

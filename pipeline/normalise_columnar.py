@@ -517,7 +517,7 @@ def _fields(b: _Batch, kind: np.ndarray, is_llm: np.ndarray) -> dict[str, Any]:
     f["ttft"] = b.scalar_field("ttft_s", lambda d: d >= 0, lambda d: float(d * 1000),
                                pa.float64())
     f["app_cost"] = b.scalar_field("app_reported_cost", lambda d: abs(d) < Decimal(10) ** 20,
-                                   lambda d: d.quantize(pricing.QUANTUM), C.MONEY)
+                                   pricing.to_money, C.MONEY)
     bp = A.pos(cv.BATCH_ATTRIBUTE)
     bt = A.type_at(bp)
     b.mark((bp >= 0) & ~_one_of(bt, (S.BOOL, S.EMPTY)))

@@ -430,8 +430,14 @@ def _cost(entry: ModelEntry, v: PriceVersion, u: Usage, price_changes: Mapping[s
         return cost
 
 
+def to_money(d: Decimal) -> Decimal:
+    """``d`` at the money scale (12 places, half-even), in the 60-digit pricing context:
+    the default context's 28 digits would fail from 1e16 USD on."""
+    return d.quantize(QUANTUM, context=_CTX)
+
+
 def _q(d: Decimal | None) -> Decimal | None:
-    return None if d is None else d.quantize(QUANTUM, context=_CTX)
+    return None if d is None else to_money(d)
 
 
 def quote(catalog: Catalog, models: tuple[str | None, ...], provider: str | None,

@@ -180,6 +180,15 @@ def test_bad_ttft_app_cost_and_sampling_are_nulled() -> None:
     assert {"bad_ttft", "bad_app_cost", "bad_sampling"} <= flags(row)
 
 
+@pytest.mark.parametrize("cost, kept", [(1e17, Decimal("100000000000000000.000000000000")),
+                                        (1e20, None), (-2.5, Decimal("-2.500000000000"))])
+def test_huge_app_reported_costs_are_kept_or_flagged_never_fail_the_batch(cost, kept) -> None:
+    res = run(batch(chat(**{"gen_ai.usage.cost": cost}), chat()))
+    rows = res.calls.to_pylist()
+    assert len(rows) == 2 and rows[0]["app_reported_cost_usd"] == kept
+    assert ("bad_app_cost" in flags(rows[0])) == (kept is None)
+
+
 def test_every_flag_is_a_documented_stats_key() -> None:
     res = run(batch({**chat(**{"gen_ai.usage.input_tokens": -1,
                                "gen_ai.provider.name": "zz"}), "end": 0}))
