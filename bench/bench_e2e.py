@@ -25,6 +25,7 @@ Needs the broker (``llmspend up --kafka-only``). Usage:
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import os
 import subprocess
 import sys
@@ -37,10 +38,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline import clients
 from pipeline.analytics import connect
-from pipeline.config import load_settings
+from pipeline.config import StreamSettings, load_settings
 from pipeline.ingest.exporter import KafkaSpanExporter
 from pipeline.traffic.generator import generate
 from pipeline.traffic.plan import Options
+from schemas import lake as L
 from schemas.topics import OTLP_SPANS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -102,7 +104,9 @@ class FileRows:
     files every 0.2 s would take a CPU from the worker on a 2-core machine)."""
 
     def __init__(self, lake: Path, tenant: str) -> None:
-        self.root = lake / "calls" / f"tenant={tenant}"
+        # The dataset and tenant levels of the lake's own partition directory.
+        self.root = lake.joinpath(*Path(L.partition_dir(L.CALLS, tenant, dt.date.min,
+                                                        0)).parts[:2])
         self.rows: dict[Path, int] = {}
 
     def total(self) -> int:
@@ -184,8 +188,8 @@ def raw_loop(settings, start: dict, end: dict) -> tuple[float, int]:
 
 def main() -> None:
     short = "--short" in sys.argv
-    # --all-stages: the detectors too (what `llmspend worker` runs by default).
-    stages = "normalise,aggregate,detect,detect_windows,lake" if "--all-stages" in sys.argv \
+    # --all-stages: what `llmspend worker` runs by default (the detectors too).
+    stages = StreamSettings().stages if "--all-stages" in sys.argv \
         else "normalise,aggregate,lake"
     n_calls = int(next((a for a in sys.argv[1:] if a.isdigit()), 2_000 if short else 200_000))
     settings = load_settings()

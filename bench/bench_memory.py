@@ -40,8 +40,8 @@ import pyarrow as pa
 
 from pipeline import callbatch, calls_ndjson
 from pipeline.aggregate import AggregateConfig, PartitionAggregator
+from pipeline.arrow_buffers import money_from_pico
 from pipeline.detect import SessionDetector, SessionLimits
-from pipeline.normalise_columnar import _money
 from pipeline.stream.detect_stage import decode_rows
 from schemas import calls as C
 
@@ -107,8 +107,8 @@ class Traffic:
             C.LATENCY_MS: pa.array(latency),
             C.STATUS: s(np.where(err, C.STATUS_ERROR, C.STATUS_OK)),
             C.ERROR_TYPE: s(np.where(err, "RateLimitError", None)),
-            C.COST_USD: _money(cost, np.ones(n, bool)),
-            C.LIST_COST_USD: _money(cost, np.ones(n, bool)),
+            C.COST_USD: money_from_pico(cost, np.ones(n, bool)),
+            C.LIST_COST_USD: money_from_pico(cost, np.ones(n, bool)),
             C.PRICED: pa.array(np.ones(n, bool)), C.BATCH: pa.array(np.zeros(n, bool)),
             C.CONVENTION: s(["semconv"] * n),
         }

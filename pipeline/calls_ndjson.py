@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 from numba import njit
 
 from pipeline import normalise as ref
+from pipeline.arrow_buffers import binary_buffers, money_to_pico, validity
 from schemas import calls as C
 
 # How the kernel writes each column (``kind``).
@@ -217,32 +218,15 @@ def partitions_of(keys: pa.Array, n: int) -> np.ndarray:
     """Kafka's default partition of every key of a string or binary array."""
     if n < 1:
         raise ValueError("a topic has at least one partition")
-    data, offs = _string_buffers(keys)
+    data, offs = binary_buffers(keys)
     return _murmur2_partitions(data, offs, n)
-
-
-def _string_buffers(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """(bytes, offsets) of a string array, offsets relative to the returned bytes."""
-    offs = np.frombuffer(arr.buffers()[1], np.int32)[arr.offset:arr.offset + len(arr) + 1]
-    offs = offs.astype(np.int64)
-    data = np.frombuffer(arr.buffers()[2], np.uint8) if arr.buffers()[2] is not None \
-        else np.zeros(0, np.uint8)
-    return data[offs[0]:offs[-1]], offs - offs[0]
-
-
-def _valid(arr: pa.Array) -> np.ndarray:
-    """The validity of every value, from the bitmap (no compute call)."""
-    if arr.null_count == 0:
-        return np.ones(len(arr), np.bool_)
-    bits = np.unpackbits(np.frombuffer(arr.buffers()[0], np.uint8), bitorder="little")
-    return bits[arr.offset:arr.offset + len(arr)].astype(np.bool_)
 
 
 def _column(arr: pa.Array) -> tuple[int, bool, np.ndarray | None, Any]:
     """(kind, quote, numbers, fragments) of one column for the kernel."""
     t = arr.type
     if pa.types.is_string(t):
-        data, _ = _string_buffers(arr)
+        data, _ = binary_buffers(arr)
         if not ((data < 32) | (data == 34) | (data == 92)).any():   # control, '"', '\\'
             return _FRAGMENT, True, None, arr
         texts = [None if v is None else json.dumps(v, ensure_ascii=False)
@@ -263,11 +247,9 @@ def _column(arr: pa.Array) -> tuple[int, bool, np.ndarray | None, Any]:
             return _FRAGMENT, False, None, pa.array(texts, pa.string())
         return _TIME, False, us, None
     if pa.types.is_decimal(t):
-        words = np.frombuffer(arr.buffers()[1], np.int64)[2 * arr.offset:
-                                                          2 * (arr.offset + len(arr))]
-        low, high = words[0::2], words[1::2]
-        if (high == (low >> 63)).all() and (low != np.iinfo(np.int64).min).all():
-            return _MONEY, False, low.copy(), None
+        pico, fits = money_to_pico(arr)
+        if fits.all():
+            return _MONEY, False, pico, None
         texts = [None if v is None else json.dumps(format(v, "f")) for v in arr.to_pylist()]
         return _FRAGMENT, False, None, pa.array(texts, pa.string())
     if pa.types.is_floating(t):           # Python's repr (shortest round trip), as json
@@ -288,12 +270,12 @@ def _encode(calls: pa.Table, newline: bool) -> tuple[np.ndarray, np.ndarray]:
     datas, base = [], 0
     for c, name in enumerate(C.NAMES):
         arr = calls.column(name).combine_chunks()
-        valid[c] = _valid(arr)
+        valid[c] = validity(arr)
         kinds[c], quotes[c], numbers, frags = _column(arr)
         if numbers is not None:
             nums[c] = numbers
         if frags is not None:
-            data, o = _string_buffers(frags)
+            data, o = binary_buffers(frags)
             offs[c] = o + base
             datas.append(data)
             base += len(data)

@@ -85,6 +85,12 @@ STATS: Mapping[str, str] = {
 }
 
 
+#: The span batch columns :func:`_row` reads as Python lists (the rest: attribute maps).
+ROW_COLUMNS = ("tenant", "trace_id", "span_id", "parent_span_id", "trace_state", "name",
+               "start_time_unix_nano", "end_time_unix_nano", "status_code", "status_message",
+               "scope_name")
+
+
 @dataclass
 class NormaliseResult:
     """The calls table and the counters of what :func:`normalise` saw."""
@@ -560,10 +566,7 @@ def normalise(spans: pa.Table, settings: Settings, catalog: pricing.Catalog,
     """
     ctx = _context(settings, catalog, hash_key, now)
     stats: Counter = Counter(spans_seen=spans.num_rows)
-    plain = ("tenant", "trace_id", "span_id", "parent_span_id", "trace_state", "name",
-             "start_time_unix_nano", "end_time_unix_nano", "status_code", "status_message",
-             "scope_name")
-    cols = {c: spans.column(c).to_pylist() for c in plain}
+    cols = {c: spans.column(c).to_pylist() for c in ROW_COLUMNS}
     attrs, structured = _attr_maps(spans.column("attributes"))
     res, _ = _attr_maps(spans.column("resource_attributes"))
     has_events = pc.list_value_length(spans.column("events")).to_pylist()

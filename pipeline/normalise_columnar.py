@@ -34,6 +34,7 @@ import pyarrow.compute as pc
 from pipeline import conventions as cv
 from pipeline import normalise as ref
 from pipeline import pricing, privacy
+from pipeline.arrow_buffers import binary_buffers, money_from_pico
 from pipeline.config import Settings
 from schemas import calls as C
 from schemas import spans as S
@@ -42,7 +43,7 @@ log = logging.getLogger(__name__)
 #: The row-by-row normaliser, bound at import (tests wrap ``ref.normalise``).
 _reference = ref.normalise
 _LLM, _TOOL, _AGENT, _CHAIN, _OTHER = range(5)
-_KIND_NAMES = ("llm", "tool", "agent", "chain", "other")
+_KIND_NAMES = (C.KIND_LLM, C.KIND_TOOL, "agent", "chain", "other")  # cv.KIND_MARKERS
 _KIND_CODE = {k: i for i, k in enumerate(_KIND_NAMES)}
 _MARKERS = {key: {v.lower(): _KIND_CODE[kind] for k, v, kind in cv.KIND_MARKERS if k == key}
             for key in cv.KIND_KEYS}
@@ -174,13 +175,10 @@ def _strings(arr: pa.Array, fn: Callable[[str], str | None]) -> pa.Array:
 def _hex(arr: pa.Array, empty_is_null: bool = False) -> pa.Array:
     """Lowercase hex of every value of a binary column, without a Python loop."""
     arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
-    offsets = np.frombuffer(arr.buffers()[1], np.int32)[arr.offset:arr.offset + len(arr) + 1]
-    offsets = offsets.astype(np.int64)
-    data = np.frombuffer(arr.buffers()[2], np.uint8)[offsets[0]:offsets[-1]] \
-        if arr.buffers()[2] is not None else np.zeros(0, np.uint8)
+    data, offsets = binary_buffers(arr)
     out = np.empty(2 * len(data), np.uint8)
     out[0::2], out[1::2] = _HEX[data >> 4], _HEX[data & 15]
-    new_off = ((offsets - offsets[0]) * 2).astype(np.int32)
+    new_off = (offsets * 2).astype(np.int32)
     text = pa.Array.from_buffers(pa.string(), len(arr),
                                  [None, pa.py_buffer(new_off), pa.py_buffer(out)])
     if empty_is_null:
@@ -229,15 +227,6 @@ def scale_half_even(raw: np.ndarray, factor: Decimal) -> np.ndarray | None:
     d = 10 ** -exp
     q, r = np.divmod(x, d)
     return q + ((2 * r > d) | ((2 * r == d) & (q % 2 == 1)))
-
-
-def _money(pico_values: np.ndarray, valid: np.ndarray) -> pa.Array:
-    """int64 pico-dollars -> ``decimal128(38, 12)`` without a Decimal per value."""
-    words = np.empty((len(pico_values), 2), np.int64)
-    words[:, 0] = pico_values
-    words[:, 1] = pico_values >> 63
-    mask = pa.array(valid, pa.bool_()).buffers()[1] if not valid.all() else None
-    return pa.Array.from_buffers(C.MONEY, len(pico_values), [mask, pa.py_buffer(words)])
 
 
 def _prices(p: pricing.Prices) -> tuple[int, ...] | None:
@@ -402,10 +391,7 @@ def _ancestor_agents(parent: np.ndarray, kind: np.ndarray) -> np.ndarray:
 def _subset_dicts(spans: pa.Table, rows: np.ndarray) -> dict[str, Any]:
     """The reference's per-span structures for a few rows (the slow path's input)."""
     sub = spans.take(pa.array(rows, pa.int64()))
-    plain = ("tenant", "trace_id", "span_id", "parent_span_id", "trace_state", "name",
-             "start_time_unix_nano", "end_time_unix_nano", "status_code", "status_message",
-             "scope_name")
-    cols = {c: sub.column(c).to_pylist() for c in plain}
+    cols = {c: sub.column(c).to_pylist() for c in ref.ROW_COLUMNS}
     attrs, structured = ref._attr_maps(sub.column("attributes"))
     res, _ = ref._attr_maps(sub.column("resource_attributes"))
     return {"cols": cols, "attrs": attrs, "structured": structured, "res": res,
@@ -475,10 +461,11 @@ def _fields(b: _Batch, kind: np.ndarray, is_llm: np.ndarray) -> dict[str, Any]:
     f: dict[str, Any] = {"kind": kind}
     f["conv"] = _conventions(b)
     raw_provider = b.string_field("provider")
-    f["provider"] = _strings(raw_provider, lambda v: cv.canonical_provider(v)[0])
-    known, kidx = _map_distinct(raw_provider, lambda v: cv.canonical_provider(v)[1])
-    f["unknown_provider"] = is_llm & ~np.where(kidx >= 0, np.array([*known, False])[kidx],
-                                               False)
+    canon, kidx = _map_distinct(raw_provider, cv.canonical_provider)  # (name, known)
+    f["provider"] = pa.array([c for c, _ in canon], pa.string()).take(
+        pa.array(kidx, mask=kidx < 0))
+    known = np.array([k for _, k in canon] + [False])       # index -1: no provider
+    f["unknown_provider"] = is_llm & ~known[kidx]
     tok = {}
     for name in ("input", "output", "cache_read", "cache_write", "reasoning", "total"):
         tok[name], tok[name + "_present"] = b.token_field(name + "_tokens")
@@ -754,9 +741,7 @@ def _call_ids(tenant: pa.Array, trace: pa.Array, span: pa.Array) -> pa.Array:
 
 def _fixed(arr: pa.Array, width: int) -> np.ndarray:
     """The bytes of a binary column whose values all have ``width`` bytes, (n, width)."""
-    offs = np.frombuffer(arr.buffers()[1], np.int32)[arr.offset:arr.offset + len(arr) + 1]
-    data = np.frombuffer(arr.buffers()[2], np.uint8)[offs[0]:offs[-1]]
-    return data.reshape(len(arr), width)
+    return binary_buffers(arr)[0].reshape(len(arr), width)
 
 
 def _fast_table(b: _Batch, f: dict[str, Any], p: dict[str, Any], rows: np.ndarray,
@@ -824,8 +809,8 @@ def _fast_table(b: _Batch, f: dict[str, Any], p: dict[str, Any], rows: np.ndarra
         C.UNIT_TYPE: take(f["unit_type"]),
         C.UNIT_ID: take(f["unit_id"]),
         C.PROMPT_VERSION: take(f["prompt_version"]),
-        C.COST_USD: _money(p["cost"][rows], p["valid"][rows]),
-        C.LIST_COST_USD: _money(p["list"][rows], p["valid"][rows]),
+        C.COST_USD: money_from_pico(p["cost"][rows], p["valid"][rows]),
+        C.LIST_COST_USD: money_from_pico(p["list"][rows], p["valid"][rows]),
         C.APP_REPORTED_COST_USD: take(f["app_cost"]),
         C.PRICED: pa.array(p["priced"][rows], pa.bool_()),
         C.PRICE_VERSION: pa.array(p["version"][rows], pa.string()),

@@ -288,13 +288,6 @@ def test_scaling_that_could_overflow_is_refused() -> None:
     assert NC.scale_half_even(np.array([1]), Decimal("-0.5")) is None
 
 
-def test_pico_dollars_become_the_exact_decimal_column() -> None:
-    values = np.array([0, 1, 10**12, 123_456_789_012_345, -7], np.int64)
-    arr = NC._money(values, np.array([True, True, True, False, True]))
-    assert arr.to_pylist() == [Decimal("0E-12"), Decimal("1E-12"), Decimal("1.000000000000"),
-                               None, Decimal("-7E-12")]
-
-
 @given(st.lists(st.tuples(st.sampled_from([e for e in CATALOG.entries
                                             if e.unit == pricing.UNIT_TOKEN]),
                           st.integers(0, 400_000), st.integers(0, 20_000),
