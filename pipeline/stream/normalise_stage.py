@@ -86,6 +86,46 @@ class NormaliseStage:
         return calls_ndjson.route(calls, self.partitions)
 
 
+class RecordClock:
+    """The timestamps stamped on ``llm_calls`` records (seconds, as Faust takes them).
+
+    A record gets the newest input timestamp seen so far, capped at the wall clock, and
+    never less than a stamp already given (partitions at different depths of a backlog
+    interleave). A heartbeat gets the wall clock once the stage is caught up: no input
+    for ``idle_s`` (three times that after partitions were assigned, so the first fetch
+    of a backlog is not overtaken). Until then it gets the newest input time advanced
+    by the wall time since, or nothing (None: send no heartbeat) if no input came yet.
+    All methods take the wall and monotonic times, so tests drive the clock."""
+
+    def __init__(self, idle_s: float, mono: float) -> None:
+        self.idle_s = idle_s
+        self.newest: float | None = None   # newest input timestamp (capped)
+        self.seen_at = mono                # monotonic time of the last input
+        self.hold_until = mono + 3 * idle_s
+        self.given = 0.0                   # the newest stamp given
+
+    def assigned(self, mono: float) -> None:
+        self.hold_until = max(self.hold_until, mono + 3 * self.idle_s)
+
+    def stamp(self, input_ts: float | None, wall: float, mono: float) -> float:
+        if input_ts is not None and input_ts > 0:
+            self.newest = max(self.newest or 0.0, min(input_ts, wall))
+        self.seen_at = mono
+        self.hold_until = max(self.hold_until, mono + self.idle_s)
+        return self._give(self.newest if self.newest is not None else wall)
+
+    def heartbeat(self, wall: float, mono: float) -> float | None:
+        if mono >= self.hold_until:
+            return self._give(wall)
+        if self.newest is None:
+            return None
+        return self._give(min(wall, self.newest + (mono - self.seen_at)))
+
+    def _give(self, t: float) -> float:
+        self.given = max(self.given, t)
+        return self.given
+
+
 def _headers(headers: Any) -> list[tuple[str, bytes]]:
     if not headers:
         return []
@@ -111,18 +151,27 @@ def register(app, settings: Settings, heartbeats: bool = False) -> NormaliseStag
     dlq_topic = app.topic(OTLP_SPANS_DLQ, value_type=bytes, value_serializer="raw")
     last_log = [time.monotonic()]
     last_write: dict[int, float] = {}
+    clock = RecordClock(settings.stream.heartbeat_s, time.monotonic())
 
     async def heartbeat() -> None:
         """Empty records to quiet partitions, so their windows close (pipeline/aggregate)."""
         now = time.monotonic()
+        stamp = clock.heartbeat(time.time(), now)
+        if stamp is None:       # a backlog is being read: its own stamps move the clock
+            return
         for p in range(stage.partitions):
             if now - last_write.get(p, 0.0) >= settings.stream.heartbeat_s:
-                await calls_topic.send(value=b"", partition=p,
+                await calls_topic.send(value=b"", partition=p, timestamp=stamp,
                                        headers=[(HEARTBEAT_HEADER, b"1")])
                 last_write[p] = now
 
     if heartbeats:
         app.timer(interval=settings.stream.heartbeat_s)(heartbeat)
+
+    @app.on_partitions_assigned.connect
+    async def _assigned(sender, assigned, **_kw) -> None:
+        if any(tp.topic == OTLP_SPANS for tp in assigned):
+            clock.assigned(time.monotonic())
 
     @app.agent(source, name="normalise")
     async def normalise_agent(stream):
@@ -136,9 +185,10 @@ def register(app, settings: Settings, heartbeats: bool = False) -> NormaliseStag
                     headers=dlq_headers(res.dead_letter, m.partition, m.offset,
                                         _headers(m.headers))))
             origin = f"{OTLP_SPANS}[{m.partition}]@{m.offset}".encode()
+            stamp = clock.stamp(m.timestamp, time.time(), time.monotonic())
             for partition, body in res.outputs:
                 futures.append(await calls_topic.send(
-                    value=body, partition=partition,
+                    value=body, partition=partition, timestamp=stamp,
                     headers=[("content-type", NDJSON), (SOURCE_HEADER, origin)]))
                 last_write[partition] = time.monotonic()
             for f in futures:  # acknowledged before this offset can be committed
