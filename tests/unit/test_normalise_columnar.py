@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+from collections import Counter
 from decimal import Decimal
 from typing import Any
 
@@ -183,6 +184,47 @@ def batches(draw: Any) -> tuple[pa.Table, Settings]:
 def test_random_batches_with_odd_values_normalise_the_same(case) -> None:
     spans, settings = case
     assert_agree(spans, settings)
+
+
+@given(st.lists(batches(), min_size=1, max_size=4))
+@hsettings(max_examples=60, suppress_health_check=[HealthCheck.too_slow])
+def test_records_normalised_together_equal_each_record_normalised_alone(cases) -> None:
+    """The stage normalises several records per call: the same trace and span ids in two
+    records must neither link (ancestor agents) nor dedupe across them."""
+    settings = cases[0][1]
+    records = [spans for spans, _ in cases]
+    want = [REFERENCE(spans, settings, CATALOG, KEY, now=NOW) for spans in records]
+    got = NC.normalise(pa.concat_tables(records), settings, CATALOG, KEY, now=NOW,
+                       records=[r.num_rows for r in records])
+    for name in C.NAMES:
+        w = [v for res in want for v in res.calls.column(name).to_pylist()]
+        assert got.calls.column(name).to_pylist() == w, name
+    total = sum((res.stats for res in want), Counter())
+    assert +got.stats == +total
+
+
+def test_an_agent_in_another_record_is_not_the_calls_agent() -> None:
+    """Records are scoped even when their ids do not repeat (they would then link)."""
+    trace = b"\x07" * 16
+    agent = batch({"attrs": {"gen_ai.operation.name": "invoke_agent",
+                             "gen_ai.agent.name": "planner"}, "trace": trace,
+                   "span": (1).to_bytes(8, "big"), "name": "invoke_agent planner"})
+    call = batch({"attrs": {"gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai",
+                            "gen_ai.request.model": "gpt-4o", "gen_ai.usage.input_tokens": 10,
+                            "gen_ai.usage.output_tokens": 5},
+                  "trace": trace, "span": (2).to_bytes(8, "big"),
+                  "parent": (1).to_bytes(8, "big"), "name": "chat"})
+    both = pa.concat_tables([agent, call])
+    linked = NC.normalise(both, Settings(), CATALOG, KEY, now=NOW)
+    assert linked.calls.column(C.AGENT).to_pylist() == ["planner"]
+    apart = NC.normalise(both, Settings(), CATALOG, KEY, now=NOW, records=[1, 1])
+    assert apart.calls.column(C.AGENT).to_pylist() == [None]
+
+
+def test_records_must_add_up_to_the_batch() -> None:
+    spans, settings = _example()
+    with pytest.raises(ValueError, match="do not add up"):
+        NC.normalise(spans, settings, CATALOG, KEY, now=NOW, records=[spans.num_rows + 1])
 
 
 def test_random_batches_mostly_take_the_columnar_path(monkeypatch) -> None:
