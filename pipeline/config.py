@@ -162,6 +162,11 @@ class StreamSettings:
     #: Seconds without output after which the normalise stage writes an empty heartbeat
     #: record to an ``llm_calls`` partition, so its windows close without traffic.
     heartbeat_s: float = 2.0
+    #: The normalise stage takes up to this many ``otlp_spans`` records per batch (a
+    #: batch costs milliseconds whatever its size) ...
+    normalise_batch_records: int = 8
+    #: ... waiting at most this long for them to arrive (added latency when quiet).
+    normalise_batch_wait_s: float = 0.05
     #: Port of the worker's Prometheus ``/metrics`` (0: off).
     metrics_port: int = 9465
     #: Stages the worker runs, comma-separated: ``normalise``, ``aggregate``,
@@ -533,6 +538,9 @@ def _validate(s: Settings) -> None:
     if s.stream.auto_offset_reset not in ("earliest", "latest"):
         raise ConfigError("stream.auto_offset_reset: expected earliest or latest, got "
                           f"{s.stream.auto_offset_reset!r}")
+    if s.stream.normalise_batch_records < 1 or s.stream.normalise_batch_wait_s <= 0:
+        raise ConfigError("stream: normalise_batch_records must be >= 1 and "
+                          "normalise_batch_wait_s > 0")
     unknown = s.stream.stage_set - {"normalise", "aggregate", "detect", "detect_windows",
                                     "lake"}
     if unknown:

@@ -1,7 +1,8 @@
 """Stage 1: ``otlp_spans`` -> decode -> normalise + price -> ``llm_calls`` (NDJSON batches).
 
-One input record (an OTLP export request) becomes at most one output record per target
-partition of ``llm_calls``, holding that partition's calls as newline-delimited JSON. The
+Up to ``stream.normalise_batch_records`` input records (OTLP export requests) are
+normalised together and become at most one output record per target partition of
+``llm_calls``, holding that partition's calls as newline-delimited JSON. The
 target partition is Kafka's default (murmur2) partition of the key ``tenant|session_id``,
 so one session's calls stay in order on one partition. Batching matters: Faust creates
 one event per Kafka record, and its per-event cost would cap the pipeline if every call
@@ -15,11 +16,16 @@ replayed twin harmless downstream).
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+import pyarrow as pa
 
 from pipeline import calls_ndjson, otlp, pricing
 from pipeline import normalise_columnar as columnar
@@ -45,6 +51,20 @@ class RecordResult:
     stats: Counter = field(default_factory=Counter)
 
 
+@dataclass
+class BatchResult:
+    """What several input records turn into: one output record per target partition."""
+
+    outputs: list[tuple[int, bytes]] = field(default_factory=list)  # (partition, NDJSON)
+    dead_letters: list[tuple[int, str]] = field(default_factory=list)  # (index, reason)
+    calls: int = 0
+    stats: Counter = field(default_factory=Counter)
+
+
+#: (value, headers, partition, offset) of one ``otlp_spans`` record.
+Input = tuple[bytes | None, Any, int, int]
+
+
 class NormaliseStage:
     """The stage's state (settings, catalog, key) around the pure core functions."""
 
@@ -58,32 +78,66 @@ class NormaliseStage:
     def process(self, value: bytes | None, headers: Any, partition: int,
                 offset: int) -> RecordResult:
         """Decode, normalise and price one ``otlp_spans`` record; never raises."""
-        result = RecordResult()
-        try:
-            spans = otlp.decode_record(value, _headers(headers))
-        except otlp.DecodeError as exc:
-            result.dead_letter = f"decode: {exc}"
-            result.stats["records_dead_lettered"] += 1
-            self.totals.update(result.stats)
-            return result
-        try:
-            out = columnar.normalise(spans, self.settings, self.catalog, self.hash_key)
-            result.stats.update(out.stats)
-            by_partition = self._route(out.calls)
-        except Exception as exc:
-            log.exception("normalise failed on %s[%d]@%d", OTLP_SPANS, partition, offset)
-            result.dead_letter = f"normalise: {type(exc).__name__}: {exc}"
-            result.stats["records_dead_lettered"] += 1
-            self.totals.update(result.stats)
-            return result
-        result.outputs = by_partition
-        result.calls = out.calls.num_rows
-        result.stats["records_in"] += 1
+        res = self.process_many([(value, headers, partition, offset)])
+        return RecordResult(res.outputs, res.dead_letters[0][1] if res.dead_letters else None,
+                            res.calls, res.stats)
+
+    def process_many(self, records: Sequence[Input]) -> BatchResult:
+        """Decode several records, normalise and price their spans in one batch (each
+        record as if alone: :func:`pipeline.normalise_columnar.normalise`), route the
+        calls. Never raises: a record that cannot be decoded, or whose spans make the
+        normaliser fail, is dead-lettered alone and the others go on."""
+        result = self._run(records)
         self.totals.update(result.stats)
         return result
 
-    def _route(self, calls) -> list[tuple[int, bytes]]:
-        return calls_ndjson.route(calls, self.partitions)
+    def _run(self, records: Sequence[Input]) -> BatchResult:
+        result = BatchResult()
+        tables, good = [], []
+        for i, (value, headers, _, _) in enumerate(records):
+            try:
+                tables.append(otlp.decode_record(value, _headers(headers)))
+                good.append(i)
+            except otlp.DecodeError as exc:
+                result.dead_letters.append((i, f"decode: {exc}"))
+                result.stats["records_dead_lettered"] += 1
+        if not tables:
+            return result
+        try:
+            spans = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+            out = columnar.normalise(spans, self.settings, self.catalog, self.hash_key,
+                                     records=[t.num_rows for t in tables])
+            result.outputs = calls_ndjson.route(out.calls, self.partitions)
+        except Exception as exc:
+            if len(good) > 1:               # find the culprit: each record alone
+                return self._one_by_one(records, result)
+            _, _, partition, offset = records[good[0]]
+            log.exception("normalise failed on %s[%d]@%d", OTLP_SPANS, partition, offset)
+            result.dead_letters.append((good[0], f"normalise: {type(exc).__name__}: {exc}"))
+            result.stats["records_dead_lettered"] += 1
+            return result
+        result.calls = out.calls.num_rows
+        result.stats.update(out.stats)
+        result.stats["records_in"] += len(tables)
+        return result
+
+    def _one_by_one(self, records: Sequence[Input], result: BatchResult) -> BatchResult:
+        """The records that decoded, normalised one at a time; their outputs merged per
+        partition (calls in record order) and added to ``result`` (decode failures)."""
+        failed = {i for i, _ in result.dead_letters}
+        bodies: dict[int, list[bytes]] = {}
+        for i, rec in enumerate(records):
+            if i in failed:
+                continue
+            one = self._run([rec])
+            result.dead_letters += [(i, why) for _, why in one.dead_letters]
+            for partition, body in one.outputs:
+                bodies.setdefault(partition, []).append(body)
+            result.calls += one.calls
+            result.stats.update(one.stats)
+        result.outputs = [(p, b"".join(bodies[p])) for p in sorted(bodies)]
+        result.dead_letters.sort()
+        return result
 
 
 class RecordClock:
@@ -175,26 +229,43 @@ def register(app, settings: Settings, heartbeats: bool = False) -> NormaliseStag
 
     @app.agent(source, name="normalise")
     async def normalise_agent(stream):
-        async for event in stream.events():
-            m = event.message
-            res = stage.process(event.value, m.headers, m.partition, m.offset)
-            futures = []
-            if res.dead_letter is not None:
-                futures.append(await dlq_topic.send(
-                    value=event.value or b"",
-                    headers=dlq_headers(res.dead_letter, m.partition, m.offset,
-                                        _headers(m.headers))))
-            origin = f"{OTLP_SPANS}[{m.partition}]@{m.offset}".encode()
-            stamp = clock.stamp(m.timestamp, time.time(), time.monotonic())
-            for partition, body in res.outputs:
-                futures.append(await calls_topic.send(
-                    value=body, partition=partition, timestamp=stamp,
-                    headers=[("content-type", NDJSON), (SOURCE_HEADER, origin)]))
-                last_write[partition] = time.monotonic()
-            for f in futures:  # acknowledged before this offset can be committed
-                await f
-            if time.monotonic() - last_log[0] > 10:
-                last_log[0] = time.monotonic()
-                log.info("normalise totals: %s", dict(stage.totals))
+        # Several records per batch: the normaliser's cost is mostly per batch. Faust
+        # acknowledges a batch's events once this body is done with it (take_events).
+        async for events in stream.take_events(settings.stream.normalise_batch_records,
+                                               settings.stream.normalise_batch_wait_s):
+            try:
+                await _handle(events)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # Output not acknowledged by Kafka: stop now, before Faust can commit
+                # these records' offsets; the next worker replays them.
+                log.critical("normalise: producing to Kafka failed; exiting so that "
+                             "the batch is replayed", exc_info=True)
+                os._exit(70)
+
+    async def _handle(events) -> None:
+        res = stage.process_many([(e.value, e.message.headers, e.message.partition,
+                                   e.message.offset) for e in events])
+        futures = []
+        for i, reason in res.dead_letters:
+            m = events[i].message
+            futures.append(await dlq_topic.send(
+                value=events[i].value or b"",
+                headers=dlq_headers(reason, m.partition, m.offset, _headers(m.headers))))
+        origin = ",".join(f"{OTLP_SPANS}[{e.message.partition}]@{e.message.offset}"
+                          for e in events).encode()
+        stamp = clock.stamp(max(e.message.timestamp or 0.0 for e in events), time.time(),
+                            time.monotonic())
+        for partition, body in res.outputs:
+            futures.append(await calls_topic.send(
+                value=body, partition=partition, timestamp=stamp,
+                headers=[("content-type", NDJSON), (SOURCE_HEADER, origin)]))
+            last_write[partition] = time.monotonic()
+        for f in futures:  # acknowledged before these offsets can be committed
+            await f
+        if time.monotonic() - last_log[0] > 10:
+            last_log[0] = time.monotonic()
+            log.info("normalise totals: %s", dict(stage.totals))
 
     return stage
