@@ -22,6 +22,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.arrow_buffers import money_to_pico, validity
 from schemas import calls as C
 
 #: Key-like columns kept as Python lists (``model`` already resolved, see below).
@@ -152,9 +153,14 @@ def from_ndjson(body: bytes) -> CallBatch:
 
 
 def _money_pico(col: pa.ChunkedArray) -> np.ndarray:
-    """decimal128(38, 12) -> int64 pico-dollars (exact below 9.2 million USD)."""
-    return np.array([0 if v is None else int(v.scaleb(C.MONEY_SCALE))
-                     for v in col.to_pylist()], np.int64)
+    """decimal128(38, 12) -> int64 pico-dollars, 0 for null (exact: a value beyond the
+    int64 range raises, as :func:`pico` does in from_ndjson's np.array)."""
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    low, fits = money_to_pico(arr)
+    if not fits.all():
+        return np.array([0 if v is None else int(v.scaleb(C.MONEY_SCALE))
+                         for v in arr.to_pylist()], np.int64)
+    return np.where(validity(arr), low, 0)
 
 
 def from_table(calls: pa.Table) -> CallBatch:
@@ -162,9 +168,13 @@ def from_table(calls: pa.Table) -> CallBatch:
     if calls.num_rows == 0:
         return CallBatch.empty()
     lists: dict[str, Any] = {k: calls.column(k).to_pylist() for k in KEY_LISTS}
-    resolved = pc.coalesce(calls.column(C.MODEL), calls.column(C.RESPONSE_MODEL),
-                           calls.column(C.REQUEST_MODEL))
-    lists[C.MODEL] = resolved.to_pylist()
+    model = lists[C.MODEL]
+    if None in model:                       # from_ndjson's rule, exactly
+        resp = calls.column(C.RESPONSE_MODEL).to_pylist()
+        req = calls.column(C.REQUEST_MODEL).to_pylist()
+        for i, m in enumerate(model):
+            if m is None:
+                model[i] = resp[i] or req[i]
     start = pc.cast(calls.column(C.START_TIME), pa.int64()).to_numpy(
         zero_copy_only=False) // 1000
     tokens = np.stack([pc.fill_null(calls.column(c), 0).to_numpy(zero_copy_only=False)

@@ -299,18 +299,25 @@ def lines(calls: pa.Table) -> list[bytes]:
 def route(calls: pa.Table, partitions: int) -> list[tuple[int, bytes]]:
     """(partition, NDJSON body) per target partition of ``llm_calls``: Kafka's murmur2
     partition of ``tenant|session_id``, each partition's lines in table order."""
+    return [(p, body) for p, body, _ in route_calls(calls, partitions)]
+
+
+def route_calls(calls: pa.Table, partitions: int) -> list[tuple[int, bytes, pa.Table]]:
+    """:func:`route`, with each body's calls as a table too (rows in line order)."""
     if calls.num_rows == 0:
         return []
     keys = pc.binary_join_element_wise(calls.column(C.TENANT).combine_chunks(),
                                        calls.column(C.SESSION_ID).combine_chunks(), "|")
     part = partitions_of(keys, partitions)
     order = np.argsort(part, kind="stable")
-    out, offs = _encode(calls.take(pa.array(order)), True)
+    ordered = calls.take(pa.array(order))
+    out, offs = _encode(ordered, True)
     body = out.tobytes()
-    sorted_part = part[order]
-    starts = np.searchsorted(sorted_part, np.arange(partitions + 1))
-    return [(p, body[offs[starts[p]]:offs[starts[p + 1]]]) for p in range(partitions)
-            if starts[p + 1] > starts[p]]
+    starts = np.searchsorted(part[order], np.arange(partitions + 1)).tolist()
+    offs = offs.tolist()
+    return [(p, body[offs[starts[p]]:offs[starts[p + 1]]],
+             ordered.slice(starts[p], starts[p + 1] - starts[p]))
+            for p in range(partitions) if starts[p + 1] > starts[p]]
 
 
 def warm_up() -> None:

@@ -30,6 +30,7 @@ from pipeline import callbatch
 from pipeline.aggregate import AggregateConfig, Checkpoint, PartitionAggregator, is_heartbeat
 from pipeline.clients import admin_client, group_offsets
 from pipeline.config import Settings
+from pipeline.stream.handoff import Handoff
 from schemas.topics import LLM_AGG_1M, LLM_CALLS
 
 log = logging.getLogger(__name__)
@@ -73,8 +74,9 @@ class EmitPoints:
 class AggregateStage:
     """Per-partition aggregators, unacknowledged events and metrics."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, handoff: Handoff | None = None) -> None:
         self.config = AggregateConfig.from_settings(settings.aggregate)
+        self.handoff = handoff   # columns of this worker's normalise stage, by body
         self.aggs: dict[int, PartitionAggregator] = {}
         self.pending: dict[int, deque] = {}
         self.positions: dict[int, int] = {}
@@ -121,7 +123,12 @@ class AggregateStage:
         if is_heartbeat(hdrs, value):
             batch = callbatch.CallBatch.empty()
             self.totals["heartbeats"] += 1
+        elif self.handoff is not None and value and \
+                (held := self.handoff.take(value)) is not None:
+            batch = held
+            self.totals["bodies_handed_off"] += 1
         else:
+            self.totals["bodies_parsed"] += 1
             try:
                 batch = callbatch.from_ndjson(value or b"")
             except ValueError as exc:
@@ -163,9 +170,9 @@ class AggregateStage:
         return "\n".join(lines) + "\n"
 
 
-def register(app, settings: Settings) -> AggregateStage:
-    """Add the aggregate agent to a Faust app."""
-    stage = AggregateStage(settings)
+def register(app, settings: Settings, handoff: Handoff | None = None) -> AggregateStage:
+    """Add the aggregate agent to a Faust app (``handoff``: pipeline/stream/handoff.py)."""
+    stage = AggregateStage(settings, handoff)
     points = EmitPoints(settings)
     admin_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llmspend-emit")
     source = app.topic(LLM_CALLS, value_type=bytes, value_serializer="raw")

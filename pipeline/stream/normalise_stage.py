@@ -27,11 +27,12 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipeline import calls_ndjson, otlp, pricing
+from pipeline import callbatch, calls_ndjson, otlp, pricing
 from pipeline import normalise_columnar as columnar
 from pipeline.aggregate import HEARTBEAT_HEADER
 from pipeline.config import Settings
 from pipeline.dlq import dlq_headers
+from pipeline.stream.handoff import Handoff
 from pipeline.topics import load_topics
 from schemas.topics import LLM_CALLS, OTLP_SPANS, OTLP_SPANS_DLQ
 
@@ -68,11 +69,13 @@ Input = tuple[bytes | None, Any, int, int]
 class NormaliseStage:
     """The stage's state (settings, catalog, key) around the pure core functions."""
 
-    def __init__(self, settings: Settings, calls_partitions: int) -> None:
+    def __init__(self, settings: Settings, calls_partitions: int,
+                 handoff: Handoff | None = None) -> None:
         self.settings = settings
         self.catalog = pricing.load_catalog(settings.pricing.catalog)
         self.hash_key = settings.hash_key_bytes()
         self.partitions = calls_partitions
+        self.handoff = handoff        # the aggregate stage of this worker, if it runs
         self.totals: Counter = Counter()
 
     def process(self, value: bytes | None, headers: Any, partition: int,
@@ -107,7 +110,11 @@ class NormaliseStage:
             spans = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
             out = columnar.normalise(spans, self.settings, self.catalog, self.hash_key,
                                      records=[t.num_rows for t in tables])
-            result.outputs = calls_ndjson.route(out.calls, self.partitions)
+            routed = calls_ndjson.route_calls(out.calls, self.partitions)
+            result.outputs = [(partition, body) for partition, body, _ in routed]
+            if self.handoff is not None:
+                for _, body, calls in routed:
+                    self.handoff.put(body, callbatch.from_table(calls))
         except Exception as exc:
             if len(good) > 1:               # find the culprit: each record alone
                 return self._one_by_one(records, result)
@@ -191,12 +198,13 @@ def calls_partitions(settings: Settings) -> int:
     return next(s.partitions for s in load_topics(settings.topics_file) if s.name == LLM_CALLS)
 
 
-def register(app, settings: Settings, heartbeats: bool = False) -> NormaliseStage:
+def register(app, settings: Settings, heartbeats: bool = False,
+             handoff: Handoff | None = None) -> NormaliseStage:
     """Add the normalise agent to a Faust app (and, for the aggregate stage, heartbeats
-    to quiet ``llm_calls`` partitions)."""
+    to quiet ``llm_calls`` partitions; ``handoff``: see pipeline/stream/handoff.py)."""
     from pipeline import otlp_wire
 
-    stage = NormaliseStage(settings, calls_partitions(settings))
+    stage = NormaliseStage(settings, calls_partitions(settings), handoff)
     log.info("OTLP wire decoder ready in %.1f s (native: %s)", otlp_wire.warm_up(),
              otlp_wire.NATIVE)
     calls_ndjson.warm_up()

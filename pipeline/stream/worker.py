@@ -10,6 +10,7 @@ from pipeline import clients
 from pipeline.config import Settings
 from pipeline.stream import aggregate_stage, detect_stage, lake_stage, normalise_stage
 from pipeline.stream.app import create_app
+from pipeline.stream.handoff import Handoff
 
 
 def ready_file(settings: Settings) -> Path:
@@ -21,10 +22,14 @@ def build(settings: Settings):
     """The Faust app with every stage registered (stages are added here as they land)."""
     app = create_app(settings)
     stages = settings.stream.stage_set
+    # Both stages here: the aggregate takes the normaliser's columns, not re-parsing.
+    handoff = Handoff() if {"normalise", "aggregate"} <= stages else None
     if "normalise" in stages:
         normalise_stage.register(app, settings,
-                                 heartbeats=bool(stages & {"aggregate", "detect"}))
-    agg = aggregate_stage.register(app, settings) if "aggregate" in stages else None
+                                 heartbeats=bool(stages & {"aggregate", "detect"}),
+                                 handoff=handoff)
+    agg = aggregate_stage.register(app, settings, handoff) if "aggregate" in stages \
+        else None
     sessions = (detect_stage.register_sessions(app, settings) if "detect" in stages
                 else None)
     windows = (detect_stage.register_windows(app, settings) if "detect_windows" in stages

@@ -18,6 +18,12 @@ def _rows():
     rows[3][C.LATENCY_MS] = None
     rows[4][C.INPUT_TOKENS] = None
     rows[5] = call(5, T0, priced=False, model="mystery")
+    # Unpriced, resolved model: the response model, else (also when empty) the request's.
+    rows[8] = call(8, T0, priced=False, model="asked")
+    rows[8][C.RESPONSE_MODEL] = "answered"
+    rows[9] = call(9, T0, priced=False, model="asked")
+    rows[9][C.RESPONSE_MODEL] = ""
+    rows[10][C.COST_USD] = None                       # priced list cost, no cost
     rows[6][C.TTFT_MS] = 12.5
     rows[7][C.START_TIME] = (T0 + 999) * 1000 + 999  # sub-millisecond: floors to ms
     return rows
@@ -33,6 +39,8 @@ def test_ndjson_and_arrow_give_the_same_columns():
     for name in ("latency_ms", "ttft_ms"):
         assert np.array_equal(getattr(a, name), getattr(b, name), equal_nan=True), name
     assert a.lists[C.MODEL][5] == "mystery"  # unpriced: the requested model
+    assert a.lists[C.MODEL][8:10] == ["answered", "asked"]
+    assert a.cost_pico[10, 0] == 0 and a.cost_pico[10, 1] > 0
     assert a.start_ms[7] == T0 + 999 and a.cost_pico[2, 0] == 3  # rows[2] is call 3
 
 
@@ -53,3 +61,12 @@ def test_bad_records_raise_value_error(body):
 
 def test_empty_bodies_are_empty_batches():
     assert callbatch.from_ndjson(b"").n == 0 and callbatch.from_ndjson(b"\n\n").n == 0
+
+
+def test_a_null_cost_is_zero_whatever_its_buffer_holds():
+    import pyarrow as pa
+
+    words = np.array([5, 0, 7, 0], np.int64)          # two values: 5 and 7 pico-dollars
+    valid = pa.array([True, False]).buffers()[1]        # ... the second one null
+    arr = pa.Array.from_buffers(C.MONEY, 2, [valid, pa.py_buffer(words)])
+    assert callbatch._money_pico(pa.chunked_array([arr])).tolist() == [5, 0]

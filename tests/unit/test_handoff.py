@@ -1,0 +1,88 @@
+"""Columns handed from the normalise stage to the aggregate stage of the same worker
+(pipeline/stream/handoff.py): the same columns as parsing the body, the same partials,
+and bounded memory."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline import callbatch, otlp
+from pipeline.callbatch import CallBatch
+from pipeline.config import load_settings
+from pipeline.stream.aggregate_stage import AggregateStage
+from pipeline.stream.handoff import Handoff
+from pipeline.stream.normalise_stage import NormaliseStage
+from pipeline.traffic import emit as emit_mod
+from pipeline.traffic.offline import _Collect
+from pipeline.traffic.plan import Options, plan
+
+T0 = 1_764_000_000 * 10**9
+
+
+def _requests(calls: int = 1500) -> list[tuple[str, bytes]]:
+    opts = Options(seed=11, calls=calls, start_time_ns=T0, tenants=("acme", "globex"),
+                   scenarios=("runaway-loop", "retry-storm", "unknown-model"))
+    sinks = {t: _Collect() for t in opts.tenants}
+    emit_mod.emit(plan(opts), sinks, max_rate=True)
+    return [(t, r) for t, sink in sinks.items() for r in sink.requests]
+
+
+def _settings(tmp_path):
+    return load_settings(env={"LLMSPEND_HASH_KEY": "k" * 32,
+                              "LLMSPEND_STATE_DIR": str(tmp_path)})
+
+
+def _same(a: CallBatch, b: CallBatch) -> None:
+    assert a.lists == b.lists
+    for name in ("start_ms", "tokens", "cost_pico", "priced"):
+        assert np.array_equal(getattr(a, name), getattr(b, name)), name
+    for name in ("latency_ms", "ttft_ms"):
+        assert np.array_equal(getattr(a, name), getattr(b, name), equal_nan=True), name
+
+
+def test_handed_off_columns_equal_parsing_the_body(tmp_path):
+    handoff = Handoff()
+    stage = NormaliseStage(_settings(tmp_path), 6, handoff)
+    bodies = 0
+    for i, (tenant, req) in enumerate(_requests()):
+        res = stage.process(req, [(otlp.TENANT_HEADER, tenant.encode())], 0, i)
+        for _, body in res.outputs:
+            held = handoff.take(body)
+            assert held is not None
+            _same(held, callbatch.from_ndjson(body))
+            bodies += 1
+    assert bodies > 20 and len(handoff) == 0
+
+
+def test_the_aggregate_stage_emits_the_same_partials_either_way(tmp_path):
+    settings = _settings(tmp_path)
+    handoff = Handoff()
+    stage = NormaliseStage(settings, 6, handoff)
+    records, offsets = [], [0] * 6
+    for i, (tenant, req) in enumerate(_requests()):
+        res = stage.process(req, [(otlp.TENANT_HEADER, tenant.encode())], 0, i)
+        for partition, body in res.outputs:
+            records.append((partition, offsets[partition], T0 // 10**6 + i * 1000, body))
+            offsets[partition] += 1
+    records.append((0, offsets[0], T0 // 10**6 + 10**8, b""))  # a late clock closes all
+    fed, parsed = AggregateStage(settings, handoff), AggregateStage(settings)
+    for partition, offset, ts, body in records:
+        hdrs = [("llmspend-heartbeat", b"1")] if not body else None
+        assert fed.process(partition, offset, ts, body, hdrs) == \
+            parsed.process(partition, offset, ts, body, hdrs)
+    assert fed.totals["bodies_handed_off"] == len(records) - 1
+    assert parsed.totals["bodies_parsed"] == len(records) - 1
+    assert fed.totals["partials_emitted"] > 0
+
+
+def test_held_bodies_are_bounded_oldest_first_and_taken_once():
+    handoff = Handoff(max_bytes=10)
+    empty = CallBatch.empty()
+    handoff.put(b"aaaa", empty)
+    handoff.put(b"bbbb", empty)
+    handoff.put(b"cccc", empty)              # 12 bytes: the oldest goes
+    assert handoff.take(b"aaaa") is None and handoff.evicted == 1
+    assert handoff.take(b"bbbb") is empty and handoff.take(b"bbbb") is None
+    assert handoff.bytes == 4 and len(handoff) == 1
+    handoff.put(b"x" * 11, empty)            # larger than the budget: never held
+    assert handoff.take(b"x" * 11) is None
