@@ -981,15 +981,106 @@ def _list_offsets(start: np.ndarray, stop: np.ndarray) -> pa.Array:
     return pa.array(offs.astype(np.int32), pa.int32())
 
 
+@njit(cache=True)
+def _string_arrays_json(buf: np.ndarray, offs: np.ndarray, lens: np.ndarray,
+                        out: np.ndarray, out_off: np.ndarray, out_len: np.ndarray
+                        ) -> tuple[int, np.ndarray]:
+    """JSON of AnyValues that are arrays of strings (``gen_ai.response.finish_reasons``:
+    nearly every array GenAI spans carry), byte for byte what
+    ``json.dumps(any_value(v), ensure_ascii=False)`` writes. Anything else (another
+    element type, an empty element, an unknown field, a value sent in several parts)
+    is left to the reference: ``ok`` False. Returns (bytes written, ok)."""
+    ok = np.zeros(len(offs), np.bool_)
+    pos = 0
+    for r in range(len(offs)):
+        a, n = offs[r], lens[r]
+        end = a + n
+        if n < 2 or buf[a] != 0x2A:            # field 5 (array_value), length-delimited
+            continue
+        length, p = _varint(buf, a + 1, end)
+        if p < 0 or p + length != end:
+            continue
+        start, good, first = pos, True, True
+        out[pos] = 0x5B                         # [
+        pos += 1
+        while p < end and good:
+            if buf[p] != 0x0A:                  # ArrayValue.values (field 1)
+                good = False
+                break
+            el, p = _varint(buf, p + 1, end)
+            if p < 0 or p + el > end or el < 2 or buf[p] != 0x0A:  # AnyValue.string_value
+                good = False
+                break
+            e_end = p + el
+            sl, q = _varint(buf, p + 1, e_end)
+            if q < 0 or q + sl != e_end or not _utf8_ok(buf, q, e_end):
+                good = False
+                break
+            if not first:
+                out[pos] = 0x2C                 # ", "
+                out[pos + 1] = 0x20
+                pos += 2
+            first = False
+            out[pos] = 0x22
+            pos += 1
+            for i in range(q, e_end):
+                c = buf[i]
+                if c == 0x22 or c == 0x5C:
+                    out[pos] = 0x5C
+                    out[pos + 1] = c
+                    pos += 2
+                elif c >= 0x20:
+                    out[pos] = c
+                    pos += 1
+                elif c == 0x0A or c == 0x0D or c == 0x09 or c == 0x08 or c == 0x0C:
+                    out[pos] = 0x5C
+                    out[pos + 1] = (0x6E if c == 0x0A else 0x72 if c == 0x0D else
+                                    0x74 if c == 0x09 else 0x62 if c == 0x08 else 0x66)
+                    pos += 2
+                else:                           # \u00XX, lowercase hex as json does
+                    out[pos:pos + 4] = np.array([0x5C, 0x75, 0x30, 0x30], np.uint8)
+                    hi, lo = c >> 4, c & 15
+                    out[pos + 4] = 0x30 + hi
+                    out[pos + 5] = lo + (0x30 if lo < 10 else 0x57)
+                    pos += 6
+            out[pos] = 0x22
+            pos += 1
+            p = e_end
+        if not good:
+            pos = start
+            continue
+        out[pos] = 0x5D                         # ]
+        pos += 1
+        ok[r] = True
+        out_off[r] = start
+        out_len[r] = pos - start
+    return pos, ok
+
+
 def _render_json(body: bytes, tabs: list[np.ndarray]) -> bytes:
-    """JSON of array/kvlist attribute values, by the reference code; rewrites their
-    (offset, length) in ``tabs`` to point into the returned side buffer."""
+    """JSON of array/kvlist attribute values: arrays of strings by a kernel, the rest by
+    the reference code; rewrites their (offset, length) in ``tabs`` to point into the
+    returned side buffer."""
+    buf = np.frombuffer(body, np.uint8)
     parts: list[bytes] = []
     pos = 0
     for tab in tabs:
         typ = tab[A_TYPE]
         rows = np.flatnonzero((typ == S.ARRAY) | (typ == S.KVLIST))
-        for r in rows.tolist():
+        if not len(rows):
+            continue
+        offs, lens = tab[A_VAL_OFF, rows], tab[A_VAL_LEN, rows]
+        arrays = typ[rows] == S.ARRAY
+        out = np.empty(int(np.maximum(lens, 0)[arrays].sum()) * 6 + 2 * len(rows) + 16,
+                       np.uint8)
+        out_off, out_len = np.zeros(len(rows), np.int64), np.zeros(len(rows), np.int64)
+        used, ok = _string_arrays_json(buf, np.where(arrays, offs, 0),
+                                       np.where(arrays, lens, 0), out, out_off, out_len)
+        parts.append(out[:used].tobytes())
+        tab[A_VAL_OFF, rows[ok]] = out_off[ok] + pos
+        tab[A_VAL_LEN, rows[ok]] = out_len[ok]
+        pos += used
+        for r in rows[~ok].tolist():
             a, n = int(tab[A_VAL_OFF, r]), int(tab[A_VAL_LEN, r])
             if n >= 0:
                 v = AnyValue.FromString(body[a:a + n])
@@ -1000,7 +1091,7 @@ def _render_json(body: bytes, tabs: list[np.ndarray]) -> bytes:
             tab[A_VAL_OFF, r] = pos
             tab[A_VAL_LEN, r] = len(js)
             pos += len(js)
-        STATS.json_values += len(rows)
+        STATS.json_values += int((~ok).sum())
     return b"".join(parts)
 
 

@@ -6,6 +6,7 @@ a decoder that always fell back would otherwise pass every equality test."""
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import struct
@@ -575,3 +576,21 @@ def test_decode_record_takes_the_native_path_for_protobuf_and_warm_up_compiles_i
     json_body = otlp.to_json(otlp.parse_request(body))     # OTLP/JSON keeps its own path
     assert otlp.decode_record(json_body).num_rows == 4
     assert otlp_wire.STATS.native == native + 1
+
+
+@given(st.lists(st.lists(st.text(alphabet=st.characters(blacklist_categories=("Cs",)),
+                                 max_size=8), max_size=4), min_size=1, max_size=5))
+@settings(max_examples=150, deadline=None)
+def test_arrays_of_strings_render_in_the_kernel_like_json_dumps(arrays):
+    """``finish_reasons`` and the like: escapes, control characters, non-ASCII, empty
+    strings and empty arrays, without a Python call per value."""
+    req = ExportTraceServiceRequest()
+    span = req.resource_spans.add().scope_spans.add().spans.add()
+    _add_attrs(span.attributes, [(f"a{i}", ("array_value", [("string_value", v) for v in a]))
+                                 for i, a in enumerate(arrays)])
+    body = req.SerializeToString()
+    rendered = otlp_wire.STATS.json_values
+    check(body, native=True)
+    assert otlp_wire.STATS.json_values == rendered      # none by the reference
+    got = otlp_wire.decode_batch(body).column("attributes").to_pylist()[0]
+    assert [a["str"] for a in got] == [json.dumps(a, ensure_ascii=False) for a in arrays]
