@@ -27,7 +27,8 @@ STAGES = {
 }
 #: Steps worth naming inside the stages.
 STEPS = ["decode_record (otlp.py", "normalise (normalise_columnar.py",
-         "route_calls (calls_ndjson.py", "from_table (callbatch.py", "from_ndjson (callbatch.py", "_fold_calls (aggregate.py",
+         "route_calls (calls_ndjson.py", "from_table (callbatch.py",
+         "from_ndjson (callbatch.py", "_fold_calls (aggregate.py",
          "partial_record (aggregate.py", "decode (lake.py", "write_parquet (lake_fs.py",
          "decode_rows (detect_stage.py", "SessionDetector.add (detect.py",
          "Producer.send (aiokafka.py", "EpollSelector.select (selectors.py"]
