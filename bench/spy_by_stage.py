@@ -3,8 +3,11 @@
 Record while the worker drains a backlog (``bench_e2e.py`` prints nothing while it does;
 any worker pid works), then summarise:
 
-    .venv/bin/py-spy record -p <worker pid> -d 45 -r 100 -f raw -o /tmp/spy.txt
+    .venv/bin/py-spy record --gil -p <worker pid> -d 20 -r 100 -f raw -o /tmp/spy.txt
     .venv/bin/python bench/spy_by_stage.py /tmp/spy.txt
+
+``--gil`` samples only the thread holding the GIL: without it, threads waiting in
+``select`` or for the GIL count as samples too, and the shares are not CPU shares.
 
 A sample counts for the first stage whose function is on its stack (outermost first), so
 the shares add up to 100 % with "other" (Faust, asyncio, the Kafka clients' threads).
