@@ -1,7 +1,8 @@
 """Shares of a worker's CPU samples per pipeline stage, from a py-spy raw profile.
 
-Record while the worker drains a backlog (``bench_e2e.py`` prints nothing while it does;
-any worker pid works), then summarise:
+py-spy comes with the ``bench`` extra (``.venv/bin/pip install -c requirements.lock -e
+'.[bench]'``). Record while the worker drains a backlog (``bench_e2e.py`` prints nothing
+while it does; any worker pid works), then summarise:
 
     .venv/bin/py-spy record --gil -p <worker pid> -d 20 -r 100 -f raw -o /tmp/spy.txt
     .venv/bin/python bench/spy_by_stage.py /tmp/spy.txt
