@@ -112,9 +112,6 @@ class NormaliseStage:
                                      records=[t.num_rows for t in tables])
             routed = calls_ndjson.route_calls(out.calls, self.partitions)
             result.outputs = [(partition, body) for partition, body, _ in routed]
-            if self.handoff is not None:
-                for _, body, calls in routed:
-                    self.handoff.put(body, callbatch.from_table(calls))
         except Exception as exc:
             if len(good) > 1:               # find the culprit: each record alone
                 return self._one_by_one(records, result)
@@ -126,7 +123,18 @@ class NormaliseStage:
         result.calls = out.calls.num_rows
         result.stats.update(out.stats)
         result.stats["records_in"] += len(tables)
+        if self.handoff is not None:
+            self._hand_off(routed)
         return result
+
+    def _hand_off(self, routed: list[tuple[int, bytes, pa.Table]]) -> None:
+        """Leave each body's columns for this worker's aggregate stage; a failure here
+        only means the aggregate stage parses that body itself."""
+        for _, body, calls in routed:
+            try:
+                self.handoff.put(body, callbatch.from_table(calls))
+            except Exception:  # an optimisation: never a dead letter
+                log.warning("handoff: columns of a body not built", exc_info=True)
 
     def _one_by_one(self, records: Sequence[Input], result: BatchResult) -> BatchResult:
         """The records that decoded, normalised one at a time; their outputs merged per

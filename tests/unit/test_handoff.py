@@ -86,3 +86,17 @@ def test_held_bodies_are_bounded_oldest_first_and_taken_once():
     assert handoff.bytes == 4 and len(handoff) == 1
     handoff.put(b"x" * 11, empty)            # larger than the budget: never held
     assert handoff.take(b"x" * 11) is None
+
+
+def test_columns_that_cannot_be_built_are_not_handed_off_and_lose_nothing(tmp_path,
+                                                                          monkeypatch):
+    def broken(calls):
+        raise OverflowError("a cost beyond the int64 pico-dollar range")
+
+    monkeypatch.setattr(callbatch, "from_table", broken)
+    handoff = Handoff()
+    stage = NormaliseStage(_settings(tmp_path), 6, handoff)
+    tenant, req = _requests(50)[0]
+    res = stage.process(req, [(otlp.TENANT_HEADER, tenant.encode())], 0, 0)
+    assert res.dead_letter is None and res.calls > 0 and res.outputs
+    assert len(handoff) == 0
