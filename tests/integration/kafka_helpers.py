@@ -20,11 +20,20 @@ from kafka import TopicPartition
 from pipeline import clients
 from pipeline.config import Settings
 
+_GIVEN: set[int] = set()
+
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free now and never given before in this run: the OS may hand the port
+    it just freed out again, and two "free" ports that are equal break a test (Kafka's
+    port and its controller port, once in CI)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _GIVEN:
+            _GIVEN.add(port)
+            return port
 
 
 def processes_of(needle: bytes, state_dir: Path) -> list[int]:
