@@ -28,6 +28,7 @@ from typing import Any
 import pyarrow as pa
 
 from pipeline import callbatch, calls_ndjson, otlp, pricing
+from pipeline import normalise as ref
 from pipeline import normalise_columnar as columnar
 from pipeline.aggregate import HEARTBEAT_HEADER
 from pipeline.config import Settings
@@ -96,36 +97,47 @@ class NormaliseStage:
 
     def _run(self, records: Sequence[Input]) -> BatchResult:
         result = BatchResult()
-        tables, good = [], []
+        decoded: list[tuple[int, pa.Table]] = []
         for i, (value, headers, _, _) in enumerate(records):
             try:
-                tables.append(otlp.decode_record(value, _headers(headers)))
-                good.append(i)
+                decoded.append((i, otlp.decode_record(value, _headers(headers))))
             except otlp.DecodeError as exc:
                 result.dead_letters.append((i, f"decode: {exc}"))
                 result.stats["records_dead_lettered"] += 1
-        if not tables:
+        if not decoded:
             return result
         try:
-            spans = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
-            out = columnar.normalise(spans, self.settings, self.catalog, self.hash_key,
-                                     records=[t.num_rows for t in tables])
-            routed = calls_ndjson.route_calls(out.calls, self.partitions)
-            result.outputs = [(partition, body) for partition, body, _ in routed]
-        except Exception as exc:
-            if len(good) > 1:               # find the culprit: each record alone
-                return self._one_by_one(records, result)
-            _, _, partition, offset = records[good[0]]
-            log.exception("normalise failed on %s[%d]@%d", OTLP_SPANS, partition, offset)
-            result.dead_letters.append((good[0], f"normalise: {type(exc).__name__}: {exc}"))
-            result.stats["records_dead_lettered"] += 1
-            return result
-        result.calls = out.calls.num_rows
-        result.stats.update(out.stats)
-        result.stats["records_in"] += len(tables)
+            parts = [self._convert([t for _, t in decoded])]
+        except Exception:  # noqa: BLE001 - each record alone names the culprit
+            parts = []
+            for i, table in decoded:        # find the culprit: each record alone
+                try:
+                    parts.append(self._convert([table]))
+                except Exception as exc:
+                    _, _, partition, offset = records[i]
+                    log.exception("normalise failed on %s[%d]@%d", OTLP_SPANS, partition,
+                                  offset)
+                    result.dead_letters.append((i, f"normalise: {type(exc).__name__}: "
+                                                   f"{exc}"))
+                    result.stats["records_dead_lettered"] += 1
+            result.dead_letters.sort()
+        routed = _merge([r for _, _, part in parts for r in part])
+        result.outputs = [(partition, body) for partition, body, _ in routed]
+        for tables, out, _ in parts:
+            result.calls += out.calls.num_rows
+            result.stats.update(out.stats)
+            result.stats["records_in"] += tables
         if self.handoff is not None:
             self._hand_off(routed)
         return result
+
+    def _convert(self, tables: list[pa.Table]
+                 ) -> tuple[int, ref.NormaliseResult, list[tuple[int, bytes, pa.Table]]]:
+        """Decoded records -> (how many, their calls, routed to ``llm_calls``)."""
+        spans = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+        out = columnar.normalise(spans, self.settings, self.catalog, self.hash_key,
+                                 records=[t.num_rows for t in tables])
+        return len(tables), out, calls_ndjson.route_calls(out.calls, self.partitions)
 
     def _hand_off(self, routed: list[tuple[int, bytes, pa.Table]]) -> None:
         """Leave each body's columns for this worker's aggregate stage; a failure here
@@ -136,23 +148,15 @@ class NormaliseStage:
             except Exception:  # an optimisation: never a dead letter
                 log.warning("handoff: columns of a body not built", exc_info=True)
 
-    def _one_by_one(self, records: Sequence[Input], result: BatchResult) -> BatchResult:
-        """The records that decoded, normalised one at a time; their outputs merged per
-        partition (calls in record order) and added to ``result`` (decode failures)."""
-        failed = {i for i, _ in result.dead_letters}
-        bodies: dict[int, list[bytes]] = {}
-        for i, rec in enumerate(records):
-            if i in failed:
-                continue
-            one = self._run([rec])
-            result.dead_letters += [(i, why) for _, why in one.dead_letters]
-            for partition, body in one.outputs:
-                bodies.setdefault(partition, []).append(body)
-            result.calls += one.calls
-            result.stats.update(one.stats)
-        result.outputs = [(p, b"".join(bodies[p])) for p in sorted(bodies)]
-        result.dead_letters.sort()
-        return result
+
+def _merge(routed: list[tuple[int, bytes, pa.Table]]) -> list[tuple[int, bytes, pa.Table]]:
+    """One output per partition: bodies (and their calls) of several parts joined in
+    order, so records normalised one by one give what one batch would have."""
+    by: dict[int, list[tuple[bytes, pa.Table]]] = {}
+    for partition, body, calls in routed:
+        by.setdefault(partition, []).append((body, calls))
+    return [(p, b"".join(b for b, _ in by[p]), pa.concat_tables([c for _, c in by[p]]))
+            for p in sorted(by)]
 
 
 class RecordClock:
