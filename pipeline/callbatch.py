@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import operator
+from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -114,6 +115,14 @@ _AT = {name: i for i, name in enumerate(_READ)}
 _GET = operator.itemgetter(*_READ)
 
 
+def _resolve_models(model: list, response: Sequence, request: Sequence) -> None:
+    """Unpriced calls (no catalog model) under the response model, else the requested
+    one (an empty response model counts as none), in place."""
+    for i, m in enumerate(model):
+        if m is None:
+            model[i] = response[i] or request[i]
+
+
 def from_ndjson(body: bytes) -> CallBatch:
     """Parse one ``llm_calls`` record body (newline-delimited call objects).
 
@@ -134,12 +143,9 @@ def from_ndjson(body: bytes) -> CallBatch:
         raise ValueError(f"llm_calls record lacks calls columns: {exc!r}") from None
     try:
         lists = {k: list(cols[_AT[k]]) for k in KEY_LISTS}
-        model = lists[C.MODEL]
-        if None in model:
-            resp, req = cols[_AT[C.RESPONSE_MODEL]], cols[_AT[C.REQUEST_MODEL]]
-            for i, m in enumerate(model):
-                if m is None:
-                    model[i] = resp[i] or req[i]
+        if None in lists[C.MODEL]:
+            _resolve_models(lists[C.MODEL], cols[_AT[C.RESPONSE_MODEL]],
+                            cols[_AT[C.REQUEST_MODEL]])
         n = len(rows)
         tokens = _counts([cols[_AT[c]] for c in TOKEN_COLUMNS])
         cost = np.empty((n, 2), np.int64)
@@ -168,13 +174,9 @@ def from_table(calls: pa.Table) -> CallBatch:
     if calls.num_rows == 0:
         return CallBatch.empty()
     lists: dict[str, Any] = {k: calls.column(k).to_pylist() for k in KEY_LISTS}
-    model = lists[C.MODEL]
-    if None in model:                       # from_ndjson's rule, exactly
-        resp = calls.column(C.RESPONSE_MODEL).to_pylist()
-        req = calls.column(C.REQUEST_MODEL).to_pylist()
-        for i, m in enumerate(model):
-            if m is None:
-                model[i] = resp[i] or req[i]
+    if None in lists[C.MODEL]:
+        _resolve_models(lists[C.MODEL], calls.column(C.RESPONSE_MODEL).to_pylist(),
+                        calls.column(C.REQUEST_MODEL).to_pylist())
     start = pc.cast(calls.column(C.START_TIME), pa.int64()).to_numpy(
         zero_copy_only=False) // 1000
     tokens = np.stack([pc.fill_null(calls.column(c), 0).to_numpy(zero_copy_only=False)

@@ -1038,9 +1038,12 @@ def _string_arrays_json(buf: np.ndarray, offs: np.ndarray, lens: np.ndarray,
                                     0x74 if c == 0x09 else 0x62 if c == 0x08 else 0x66)
                     pos += 2
                 else:                           # \u00XX, lowercase hex as json does
-                    out[pos:pos + 4] = np.array([0x5C, 0x75, 0x30, 0x30], np.uint8)
-                    hi, lo = c >> 4, c & 15
-                    out[pos + 4] = 0x30 + hi
+                    lo = c & 15
+                    out[pos] = 0x5C
+                    out[pos + 1] = 0x75
+                    out[pos + 2] = 0x30
+                    out[pos + 3] = 0x30
+                    out[pos + 4] = 0x30 + (c >> 4)
                     out[pos + 5] = lo + (0x30 if lo < 10 else 0x57)
                     pos += 6
             out[pos] = 0x22

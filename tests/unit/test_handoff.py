@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline import callbatch, otlp
+from pipeline.aggregate import HEARTBEAT_HEADER
 from pipeline.callbatch import CallBatch
 from pipeline.config import load_settings
 from pipeline.stream.aggregate_stage import AggregateStage
@@ -67,7 +68,7 @@ def test_the_aggregate_stage_emits_the_same_partials_either_way(tmp_path):
     records.append((0, offsets[0], T0 // 10**6 + 10**8, b""))  # a late clock closes all
     fed, parsed = AggregateStage(settings, handoff), AggregateStage(settings)
     for partition, offset, ts, body in records:
-        hdrs = [("llmspend-heartbeat", b"1")] if not body else None
+        hdrs = [(HEARTBEAT_HEADER, b"1")] if not body else None
         assert fed.process(partition, offset, ts, body, hdrs) == \
             parsed.process(partition, offset, ts, body, hdrs)
     assert fed.totals["bodies_handed_off"] == len(records) - 1
