@@ -353,3 +353,62 @@ def test_partials_schema_and_readme_agree():
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     missing = [f for f in A.FIELDS if f"| `{f}` | {A.FIELDS[f]} |" not in readme]
     assert not missing, f"README aggregate table out of date for {missing}"
+
+
+_ONE_CALL = st.fixed_dictionaries({
+    "id": st.integers(0, 40),                      # a small pool: twins within and across
+    "minute": st.integers(0, 4), "ms": st.integers(0, MIN - 1),
+    "team": st.sampled_from(["a", "b"]), "user": st.sampled_from(["u1", "u2", "u3"]),
+    "model": st.sampled_from(["gpt-4o", "gpt-4o-mini"]), "kind": st.sampled_from(
+        [C.KIND_LLM, C.KIND_LLM, C.KIND_TOOL]),
+    "unit": st.sampled_from([None, "T-1", "T-2"]), "cost": st.integers(0, 10**6)})
+
+
+# Record steps in half minutes: twins land exactly on the dedup horizon's edge too.
+@given(st.lists(st.tuples(st.integers(0, 12).map(lambda k: k * 30_000),
+                          st.lists(_ONE_CALL, max_size=12)),
+                min_size=1, max_size=10))
+@settings(max_examples=80, deadline=None)
+def test_merged_partials_equal_a_per_call_sum_of_first_copies(records):
+    """Whatever the mix of twins, late windows, stragglers and segments, the merged
+    partials of every view are the sums over each call id's first copy (within the
+    dedup horizon)."""
+    agg = PartitionAggregator(0, AggregateConfig(segment_records=3))
+    horizon = agg.config.dedup_horizon_ms
+    parts, seen = [], {}
+    want: dict[tuple, list] = {}
+    stamp = T0
+    for offset, (step, calls) in enumerate(records):
+        stamp += step
+        rows = []
+        for c in calls:
+            start = T0 + c["minute"] * MIN + c["ms"]
+            cost = f"0.{c['cost']:012d}"
+            row = {**call(c["id"], start, model=c["model"], team=c["team"], cost=cost,
+                          user=c["user"]),
+                   C.KIND: c["kind"], C.UNIT_ID: c["unit"],
+                   C.UNIT_TYPE: "ticket" if c["unit"] else None}
+            rows.append(row)
+            first = seen.get(row[C.CALL_ID])
+            if first is not None and first >= stamp - horizon:
+                continue                            # a twin within the dedup horizon
+            seen[row[C.CALL_ID]] = stamp
+            window = start - start % MIN
+            keys = [("group", ("t", "svc", "openai", c["model"], c["team"], "uc")),
+                    ("user", ("t", c["team"], c["user"]))]
+            if c["unit"]:
+                keys.append(("unit", ("t", "uc", "ticket")))
+            for view, key in keys:
+                w = want.setdefault((view, window, key), [0, Decimal(0), set()])
+                w[0] += 1
+                w[1] += Decimal(cost)
+                if view == "unit":
+                    w[2].add(c["unit"])
+        parts += agg.add(table(rows), offset, stamp).partials
+    parts += agg.add(table([]), len(records), stamp + 3 * 3_600_000).partials
+    from pipeline.detect import time_us
+
+    got = {(view, time_us(ws) // 1000, key): [t["calls"], t["cost_usd"],
+                                              t["units"].count() if "units" in t else 0]
+           for (view, ws, key), t in merge_partials(parts).items()}
+    assert got == {k: [n, usd, len(units)] for k, (n, usd, units) in want.items()}
