@@ -10,7 +10,7 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from kafka.partitioner.default import murmur2
 
@@ -24,7 +24,8 @@ MONEY = st.one_of(st.integers(-(10**18), 10**18), st.integers(-(10**30), 10**30)
                   st.sampled_from([0, 1, -1, 10**12, -(2**63), 2**63 - 1]))
 TIMES = st.integers(-62_135_596_800_000_000, 253_402_300_799_999_999)
 FLOATS = st.one_of(st.floats(allow_nan=False, allow_infinity=False),
-                   st.sampled_from([0.0, -0.0, 1e-7, 2.0, 1e22, 123456789.0, 4768.366722]))
+                   st.sampled_from([0.0, -0.0, 1e-7, 2.0, 1e22, 123456789.0, 4768.366722]),
+                   st.floats(1e-4, 1e16, exclude_max=True))   # latencies: orjson's range
 
 
 def _value(col: C.Column, draw: Any) -> Any:
@@ -53,6 +54,22 @@ def tables(draw: Any) -> pa.Table:
 
 @given(tables())
 def test_lines_are_the_reference_bytes_for_any_calls(calls) -> None:
+    assert calls_ndjson.lines(calls) == N.calls_to_ndjson(calls)
+
+
+@given(st.lists(st.one_of(st.none(), FLOATS, st.floats(1e-4, 1e16, exclude_max=True),
+                          st.floats(-1e16, -1e-4, exclude_min=True),
+                          st.floats(1e-7, 1e-4, exclude_max=True),      # just outside
+                          st.floats(1e16, 1e18)), max_size=40))
+@example([2.5, 1e16])                   # the first value repr writes with an exponent
+@example([2.5, 9.9e-5])                 # repr: 9.9e-05, orjson: 0.000099
+def test_float_columns_are_the_reference_text_whichever_path_renders_them(xs) -> None:
+    """A batch of latencies in orjson's range is rendered by orjson in one call, any other
+    by repr per value: both must write what the reference writes."""
+    base = {c.name: None for c in C.COLUMNS}
+    rows = [{**base, C.CALL_ID: str(i), C.LATENCY_MS: x, C.TTFT_MS: x}
+            for i, x in enumerate(xs)]
+    calls = pa.Table.from_pylist(rows, schema=C.CALLS)
     assert calls_ndjson.lines(calls) == N.calls_to_ndjson(calls)
 
 
