@@ -41,7 +41,6 @@ rather than wrap).
 from __future__ import annotations
 
 import hashlib
-import itertools
 from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -310,72 +309,77 @@ class PartitionAggregator:
 
     def _fold_calls(self, b: CallBatch, offset: int, ts: int, out: RecordOutput,
                     emitting: bool) -> None:
-        """Python runs once per call only for the dedup memory and the session rules;
-        window keys are resolved once per distinct (view, window, key) of the record, and
-        the sums are folded by the numba kernel."""
         cfg = self.config
         n = b.n
         L = b.lists
-        keep = self._first_copies(L[C.CALL_ID], ts)
-        n_dup = n - len(keep)
-        if n_dup:
-            def pick(col: list) -> list:
-                return [col[i] for i in keep]
-            rows = np.array(keep, np.int64)
-        else:
-            def pick(col: list) -> list:
-                return col
-            rows = np.arange(n, dtype=np.int64)
-        W = cfg.window_ms
-        starts = b.start_ms[rows]
-        wins = starts - starts % W
-        late_upto = max(ts - cfg.allowed_lateness_ms,
-                        self.clock_ms - cfg.allowed_lateness_ms - cfg.close_grace_ms)
-        n_late = int(np.count_nonzero(wins + W <= late_upto))
-        wins_l = wins.tolist()
-        tenants, teams, use_cases = pick(L[C.TENANT]), pick(L[C.TEAM]), pick(L[C.USE_CASE])
-        providers, models = pick(L[C.PROVIDER]), pick(L[C.MODEL])
-        fallback = np.zeros(n, np.bool_)
-        escalation = np.zeros(n, np.bool_)
-        kinds = pick(L[C.KIND])
-        llm = [j for j, k in enumerate(kinds) if k == C.KIND_LLM]
-        if llm:
-            sessions, statuses = pick(L[C.SESSION_ID]), pick(L[C.STATUS])
-            lat = np.nan_to_num(b.latency_ms[rows], nan=0.0).astype(np.int64)
-            starts_l, ends_l = starts.tolist(), (starts + lat).tolist()
-            rules, ok = self._session_rules, C.STATUS_OK
-            flags = [rules((tenants[j], sessions[j]), models[j], providers[j],
-                           statuses[j] == ok, starts_l[j], ends_l[j], ts) for j in llm]
-            at = rows[llm]
-            fallback[at] = [f for f, _e in flags]
-            escalation[at] = [e for _f, e in flags]
+        cids, kinds, sessions = L[C.CALL_ID], L[C.KIND], L[C.SESSION_ID]
+        tenants, services, providers = L[C.TENANT], L[C.SERVICE], L[C.PROVIDER]
+        models, teams, use_cases, users = L[C.MODEL], L[C.TEAM], L[C.USE_CASE], L[C.USER_ID]
+        unit_types, unit_ids = L[C.UNIT_TYPE], L[C.UNIT_ID]
+        statuses = L[C.STATUS]
+        starts = b.start_ms.tolist()
+        ends = (b.start_ms + np.nan_to_num(b.latency_ms, nan=0.0).astype(np.int64)).tolist()
+        slot_g = [-1] * n
+        slot_u = [-1] * n
+        slot_n = [-1] * n       # unit view: only calls that name a business unit
+        fallback = [False] * n
+        escalation = [False] * n
         late_slots: dict[tuple, int] = {}
-        slot_g = np.full(n, -1, np.int64)
-        slot_g[rows] = self._key_slots(A.VIEW_GROUP, wins_l, (
-            tenants, pick(L[C.SERVICE]), providers, models, teams, use_cases),
-            late_upto, late_slots)
-        slot_u = np.full(n, -1, np.int64)
-        slot_u[rows] = self._key_slots(A.VIEW_USER, wins_l, (tenants, teams, pick(
-            L[C.USER_ID])), late_upto, late_slots)
-        slot_n = np.full(n, -1, np.int64)   # unit view: only calls that name a business unit
-        unit_ids, unit_types = pick(L[C.UNIT_ID]), pick(L[C.UNIT_TYPE])
-        named = [j for j, u in enumerate(unit_ids) if u]
-        if named:
-            slots_n = self._key_slots(A.VIEW_UNIT, [wins_l[j] for j in named], (
-                [tenants[j] for j in named], [use_cases[j] for j in named],
-                [unit_types[j] for j in named]), late_upto, late_slots)
-            slot_n[rows[named]] = slots_n
-            unit_sets = self._slots.units
-            for j, s in zip(named, slots_n.tolist(), strict=True):
-                us = unit_sets.get(s)
+        horizon = ts - cfg.dedup_horizon_ms
+        closed_before = self.clock_ms - cfg.allowed_lateness_ms - cfg.close_grace_ms
+        late_before = ts - cfg.allowed_lateness_ms
+        W = cfg.window_ms
+        seen, seen_get, remember = self.seen, self.seen.get, self._seen_order.append
+        slots, windows_get, session_rules = self._slots, self.windows.get, self._session_rules
+        group, user, unit, llm = A.VIEW_GROUP, A.VIEW_USER, A.VIEW_UNIT, C.KIND_LLM
+        n_late = n_dup = 0
+        for i in range(n):
+            cid = cids[i]
+            first = seen_get(cid)
+            if first is not None and first >= horizon:
+                n_dup += 1
+                continue
+            seen[cid] = ts
+            remember((ts, cid))
+            start = starts[i]
+            window = start - start % W
+            tenant, team = tenants[i], teams[i]
+            if kinds[i] == llm:
+                fallback[i], escalation[i] = session_rules(
+                    (tenant, sessions[i]), models[i], providers[i],
+                    statuses[i] == C.STATUS_OK, start, ends[i], ts)
+            kg = (group, window, (tenant, services[i], providers[i], models[i], team,
+                                  use_cases[i]))
+            ku = (user, window, (tenant, team, users[i]))
+            kn = (unit, window, (tenant, use_cases[i], unit_types[i])) \
+                if unit_ids[i] else None
+            if window + W <= late_before or window + W <= closed_before:
+                n_late += 1
+                for k, slot_of in ((kg, slot_g), (ku, slot_u), (kn, slot_n)):
+                    if k is not None:
+                        s = late_slots.get(k)
+                        if s is None:
+                            s = late_slots[k] = slots.take()
+                        slot_of[i] = s
+            else:
+                for k, slot_of in ((kg, slot_g), (ku, slot_u), (kn, slot_n)):
+                    if k is not None:
+                        state = windows_get(k) or self._open(k)
+                        if state.emitted:
+                            self._stragglers.add(k)
+                        state.dirty = True
+                        slot_of[i] = state.slot
+            if kn is not None:
+                unit_sets = slots.units
+                us = unit_sets.get(slot_n[i])
                 if us is None:
-                    us = unit_sets[s] = DistinctCount()
-                us.add(unit_hash(unit_types[j], unit_ids[j]))
-        slots = self._slots
-        values = self._values(b, fallback, escalation)
+                    us = unit_sets[slot_n[i]] = DistinctCount()
+                us.add(unit_hash(unit_types[i], unit_ids[i]))
+        values = self._values(b, np.array(fallback, np.bool_), np.array(escalation, np.bool_))
         lat_b = np.where(np.isnan(b.latency_ms), -1, bucket_indices(b.latency_ms))
         ttft_b = np.where(np.isnan(b.ttft_ms), -1, bucket_indices(b.ttft_ms))
-        for s in (slot_g, slot_u, slot_n):
+        for s in (np.array(slot_g, np.int64), np.array(slot_u, np.int64),
+                  np.array(slot_n, np.int64)):
             if not fold(slots.sums, slots.latency, slots.ttft, s, values, lat_b, ttft_b,
                         _MONEY_LIMIT):
                 raise OverflowError(f"llm_calls[{self.partition}]@{offset}: a partial's "
@@ -389,49 +393,6 @@ class PartitionAggregator:
         out.stats["calls"] += n - n_dup - n_late
         out.stats["late_calls"] += n_late
         out.stats["duplicates_dropped"] += n_dup
-
-    def _first_copies(self, cids: list[str], ts: int) -> list[int]:
-        """Rows whose call id was not seen within the dedup horizon (nor earlier in the
-        record), remembered as seen at ``ts``."""
-        seen, horizon = self.seen, ts - self.config.dedup_horizon_ms
-        firsts = list(map(seen.get, cids))
-        if firsts.count(None) == len(cids) and len(set(cids)) == len(cids):
-            seen.update(dict.fromkeys(cids, ts))          # the usual case: all new
-            self._seen_order.extend(zip(itertools.repeat(ts, len(cids)), cids, strict=True))
-            return list(range(len(cids)))
-        keep, remember = [], self._seen_order.append
-        for i, cid in enumerate(cids):
-            first = seen.get(cid)
-            if first is not None and first >= horizon:
-                continue
-            seen[cid] = ts
-            remember((ts, cid))
-            keep.append(i)
-        return keep
-
-    def _key_slots(self, view: str, wins: list[int], cols: tuple[list, ...],
-                   late_upto: int, late_slots: dict[tuple, int]) -> np.ndarray:
-        """The slot of each row's (view, window, key): an open window's (opened if need
-        be), or, for a window the clock or the record's lateness closed, a late partial
-        of this record."""
-        codes: dict[tuple, int] = {}
-        idx = [codes.setdefault(k, len(codes)) for k in zip(wins, *cols, strict=True)]
-        slot_of = np.empty(len(codes), np.int64)
-        W, windows_get = self.config.window_ms, self.windows.get
-        for k, c in codes.items():
-            wkey = (view, k[0], k[1:])
-            if k[0] + W <= late_upto:
-                s = late_slots.get(wkey)
-                if s is None:
-                    s = late_slots[wkey] = self._slots.take()
-            else:
-                state = windows_get(wkey) or self._open(wkey)
-                if state.emitted:
-                    self._stragglers.add(wkey)
-                state.dirty = True
-                s = state.slot
-            slot_of[c] = s
-        return slot_of[np.array(idx, np.int64)]
 
     def _open(self, wkey: tuple) -> _Window:
         state = self.windows[wkey] = _Window(self._slots.take())
