@@ -20,7 +20,6 @@ import math
 from typing import Any
 
 import numpy as np
-import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 from numba import njit
@@ -254,29 +253,10 @@ def _column(arr: pa.Array) -> tuple[int, bool, np.ndarray | None, Any]:
         texts = [None if v is None else json.dumps(format(v, "f")) for v in arr.to_pylist()]
         return _FRAGMENT, False, None, pa.array(texts, pa.string())
     if pa.types.is_floating(t):           # Python's repr (shortest round trip), as json
-        return _FRAGMENT, False, None, _float_texts(arr)
+        texts = [None if v is None else (repr(v) if math.isfinite(v) else json.dumps(v))
+                 for v in arr.to_pylist()]
+        return _FRAGMENT, False, None, pa.array(texts, pa.string())
     raise TypeError(f"no NDJSON writer for a {t} column")
-
-
-def _float_texts(arr: pa.Array) -> pa.Array:
-    """Each value as Python's ``repr`` writes it. orjson renders a whole float64 array
-    in C with the same shortest round-trip digits, and the same text where ``repr``
-    uses no exponent (zero, and magnitudes from 1e-4 to 1e16); other batches take
-    ``repr`` per value. Nulls render as 0.0: the writer masks them by validity."""
-    x = arr.fill_null(0).to_numpy(zero_copy_only=False).astype(np.float64)
-    mag = np.abs(x)
-    if len(x) and ((mag == 0) | ((mag >= 1e-4) & (mag < 1e16))).all():
-        body = np.frombuffer(orjson.dumps(x, option=orjson.OPT_SERIALIZE_NUMPY), np.uint8)
-        body = body[1:-1]                                  # [a,b,c] -> a,b,c
-        comma = body == ord(",")
-        offs = np.empty(len(x) + 1, np.int32)
-        offs[0], offs[-1] = 0, len(body) - (len(x) - 1)
-        offs[1:-1] = np.flatnonzero(comma) - np.arange(len(x) - 1)
-        return pa.StringArray.from_buffers(len(x), pa.py_buffer(offs),
-                                           pa.py_buffer(body[~comma].tobytes()))
-    texts = [None if v is None else (repr(v) if math.isfinite(v) else json.dumps(v))
-             for v in arr.to_pylist()]
-    return pa.array(texts, pa.string())
 
 
 def _encode(calls: pa.Table, newline: bool) -> tuple[np.ndarray, np.ndarray]:
