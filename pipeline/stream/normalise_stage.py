@@ -199,6 +199,26 @@ class RecordClock:
         return self.given
 
 
+async def to_the_end(aw: Any) -> None:
+    """Await ``aw`` to completion even if the awaiting task is cancelled meanwhile, then
+    re-raise the cancellation. Why: ``take_events`` acknowledges a batch's events in a
+    ``finally`` when the agent is cancelled (worker stop, rebalance), so a batch cut
+    short after some of its outputs were sent would have its offsets committed with
+    the rest of its calls never produced. Finished, they are all produced first."""
+    task = asyncio.ensure_future(aw)
+    cancelled = False
+    while True:
+        try:
+            await asyncio.shield(task)
+            break
+        except asyncio.CancelledError:
+            if task.cancelled():      # the batch itself was cancelled (loop closing)
+                raise
+            cancelled = True          # ours, not the batch's: finish the batch first
+    if cancelled:
+        raise asyncio.CancelledError
+
+
 def _headers(headers: Any) -> list[tuple[str, bytes]]:
     if not headers:
         return []
@@ -254,7 +274,7 @@ def register(app, settings: Settings, heartbeats: bool = False,
         async for events in stream.take_events(settings.stream.normalise_batch_records,
                                                settings.stream.normalise_batch_wait_s):
             try:
-                await _handle(events)
+                await to_the_end(_handle(events))
             except asyncio.CancelledError:
                 raise
             except Exception:
