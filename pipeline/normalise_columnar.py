@@ -459,8 +459,11 @@ def normalise(spans: pa.Table, settings: Settings, catalog: pricing.Catalog,
     tables = [_fast_table(b, f, priced, fast, agent_row, agents)]
     if len(slow):
         tables.append(_slow_table(spans, ctx, slow, kind, inferred, agent_row, agents))
-    order = np.concatenate([fast, slow])
-    calls = pa.concat_tables(tables).take(pa.array(np.argsort(order, kind="stable")))
+    if len(slow):                          # back to batch order
+        order = np.concatenate([fast, slow])
+        calls = pa.concat_tables(tables).take(pa.array(np.argsort(order, kind="stable")))
+    else:                                  # already in it: no copy of every column
+        calls = tables[0]
     return ref.NormaliseResult(calls, _stats(n, kind, calls))
 
 
