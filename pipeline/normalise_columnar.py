@@ -456,14 +456,13 @@ def normalise(spans: pa.Table, settings: Settings, catalog: pricing.Catalog,
     fast = np.nonzero(is_call & ~b.slow)[0]
     slow = np.nonzero(is_call & b.slow)[0]
     agents = _agent_names(spans, np.unique(agent_row[np.concatenate([fast, slow])]))
-    tables = [_fast_table(b, f, priced, fast, agent_row, agents)]
-    if len(slow):
-        tables.append(_slow_table(spans, ctx, slow, kind, inferred, agent_row, agents))
-    if len(slow):                          # back to batch order
+    calls = _fast_table(b, f, priced, fast, agent_row, agents)
+    if len(slow):                          # the reference path's calls, then batch order
+        calls = pa.concat_tables([calls, _slow_table(spans, ctx, slow, kind, inferred,
+                                                     agent_row, agents)])
         order = np.concatenate([fast, slow])
-        calls = pa.concat_tables(tables).take(pa.array(np.argsort(order, kind="stable")))
-    else:                                  # already in it: no copy of every column
-        calls = tables[0]
+        calls = calls.take(pa.array(np.argsort(order, kind="stable")))
+    # else ``fast`` (from np.nonzero) is in batch order already: no copy of every column
     return ref.NormaliseResult(calls, _stats(n, kind, calls))
 
 
