@@ -202,7 +202,7 @@ class RecordClock:
 async def to_the_end(aw: Any) -> None:
     """Await ``aw`` to completion even if the awaiting task is cancelled meanwhile, then
     re-raise the cancellation. Why: ``take_events`` acknowledges a batch's events in a
-    ``finally`` when the agent is cancelled (worker stop, rebalance), so a batch cut
+    ``finally`` when the agent is cancelled (a worker stopping), so a batch cut
     short after some of its outputs were sent would have its offsets committed with
     the rest of its calls never produced. Finished, they are all produced first."""
     task = asyncio.ensure_future(aw)

@@ -1,4 +1,4 @@
-"""A normalise batch cut short by a cancellation (worker stop, rebalance) is produced to
+"""A normalise batch cut short by a cancellation (a worker stopping) is produced to
 the end before the cancellation goes on: ``take_events`` acknowledges the batch's
 events as the agent unwinds, so an unfinished batch would commit offsets of calls
 that were never produced."""
