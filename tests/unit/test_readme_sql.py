@@ -5,6 +5,7 @@ them in every format and its prompt takes piped statements."""
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
 import json
 import re
@@ -12,6 +13,7 @@ import subprocess
 import sys
 import time
 
+import duckdb
 import pyarrow.parquet as pq
 import pytest
 
@@ -23,9 +25,9 @@ from pipeline.traffic.plan import Options
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    """Twenty minutes of traffic that ended a few minutes ago (so "today", "this
-    month" and "the last hour" hold it), with a runaway loop and an unknown model."""
+def traffic(tmp_path_factory) -> tuple:
+    """Twenty minutes of traffic that ended a few minutes ago (so "the last hour" holds
+    it), with a runaway loop and an unknown model: its lake, and when it started."""
     settings = load_settings(env={"LLMSPEND_HASH_KEY": "readme-sql-key-0123456789abcdef"})
     start = (time.time_ns() // 10**9 - 25 * 60) * 10**9
     opts = Options(seed=2, calls=3000, start_time_ns=start, tenants=("acme", "globex"),
@@ -33,7 +35,20 @@ def data_dir(tmp_path_factory):
     calls = llm_calls_records(opts, settings, 4)
     d = tmp_path_factory.mktemp("lake")
     land_lake(d, calls, 4)
-    return d
+    return d, start
+
+
+@pytest.fixture(scope="module")
+def data_dir(traffic):
+    return traffic[0]
+
+
+def zone_of_the_traffic_day(start_ns: int, now: dt.datetime) -> str:
+    """A session time zone in which ``current_date`` is the UTC day of most of the
+    traffic: UTC, except in the minutes after UTC midnight, when most of it is still
+    yesterday's and "today" (``dt = current_date``) would hold almost none of it."""
+    middle = dt.datetime.fromtimestamp(start_ns / 1e9 + 10 * 60, dt.UTC)
+    return "UTC" if middle.date() == now.date() else "Etc/GMT+1"   # UTC-1: still yesterday
 
 
 def test_the_readme_has_ten_analyst_questions():
@@ -41,10 +56,27 @@ def test_the_readme_has_ten_analyst_questions():
 
 
 @pytest.mark.parametrize("i", range(10))
-def test_each_readme_question_answers_with_rows(data_dir, i):
+def test_each_readme_question_answers_with_rows(traffic, i):
+    data, start = traffic
     sql = readme_questions()[i]
-    rows = connect(data_dir).sql(sql).fetchall()
+    con = connect(data)
+    con.execute(f"SET TimeZone = '{zone_of_the_traffic_day(start, dt.datetime.now(dt.UTC))}'")
+    rows = con.sql(sql).fetchall()
     assert rows, sql.splitlines()[0]
+
+
+def test_the_traffic_day_zone_keeps_today_on_the_traffic_after_midnight():
+    def ns(text: str) -> int:
+        return int(dt.datetime.fromisoformat(text).timestamp() * 1e9)
+
+    assert zone_of_the_traffic_day(ns("2026-12-06T14:00:00+00:00"),
+                                   dt.datetime.fromisoformat("2026-12-06T14:25:00+00:00")) == "UTC"
+    late = zone_of_the_traffic_day(ns("2026-12-06T23:45:00+00:00"),
+                                   dt.datetime.fromisoformat("2026-12-07T00:10:00+00:00"))
+    con = duckdb.connect()         # what current_date is at that instant in that zone
+    con.execute(f"SET TimeZone = '{late}'")
+    assert con.execute("SELECT CAST(TIMESTAMPTZ '2026-12-07 00:10:00+00' AS DATE)"
+                       ).fetchone()[0] == dt.date(2026, 12, 6)
 
 
 def test_formats_table_csv_json_and_parquet(data_dir, tmp_path):
