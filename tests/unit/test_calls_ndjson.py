@@ -63,7 +63,7 @@ def test_lines_are_the_reference_bytes_for_any_calls(calls) -> None:
                           st.floats(1e16, 1e18)), max_size=40))
 @example([2.5, 1e16])                   # the first value repr writes with an exponent
 @example([2.5, 9.9e-5])                 # repr: 9.9e-05 (not 0.000099, as orjson would)
-def test_float_columns_are_the_reference_text_whichever_path_renders_them(xs) -> None:
+def test_float_columns_either_side_of_reprs_exponent_switch_are_the_reference_text(xs) -> None:
     """Float columns on both sides of where repr switches to exponents (1e-4, 1e16),
     whole batches of either kind or mixed, are written as the reference writes them."""
     base = {c.name: None for c in C.COLUMNS}
