@@ -13,6 +13,7 @@ import pytest
 
 from pipeline import otlp
 from pipeline.clients import producer
+from schemas import calls as C
 from schemas.topics import LLM_CALLS, OTLP_SPANS
 from tests.integration.kafka_helpers import end_offsets, read_records, worker_process
 from tests.sample_spans import sample_request
@@ -26,8 +27,8 @@ def _ids_of(tenant: str, records) -> set[str]:
     for r in records:
         for line in (r.value or b"").splitlines():
             call = json.loads(line)
-            if call["tenant"] == tenant:
-                ids.add(call["call_id"])
+            if call[C.TENANT] == tenant:
+                ids.add(call[C.CALL_ID])
     return ids
 
 
