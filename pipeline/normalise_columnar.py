@@ -19,7 +19,6 @@ tests compare both on every corpus and on random batches.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -31,9 +30,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline import call_ids, pricing, privacy
 from pipeline import conventions as cv
 from pipeline import normalise as ref
-from pipeline import pricing, privacy
 from pipeline.arrow_buffers import binary_buffers, money_from_pico
 from pipeline.config import Settings
 from schemas import calls as C
@@ -756,21 +755,9 @@ def _set_quote(out: dict[str, Any], sel: np.ndarray, q: pricing.Quote) -> None:
 
 
 def _call_ids(tenant: pa.Array, trace: pa.Array, span: pa.Array) -> pa.Array:
-    """:func:`pipeline.normalise.call_id` of every row: one BLAKE2b per call over the
-    tenant's prefix (hashed once per tenant) and the 24 id bytes, sliced from buffers."""
-    ids = np.concatenate([_fixed(trace, 16), _fixed(span, 8)], axis=1).tobytes()
-    prefixes: dict[str, Any] = {}
-    out = []
-    for i, t in enumerate(tenant.to_pylist()):
-        h = prefixes.get(t)
-        if h is None:
-            enc = t.encode()
-            h = prefixes[t] = hashlib.blake2b(len(enc).to_bytes(4, "big") + enc,
-                                              digest_size=16)
-        h = h.copy()
-        h.update(ids[24 * i:24 * i + 24])
-        out.append(h.hexdigest())
-    return pa.array(out, pa.string())
+    """:func:`pipeline.normalise.call_id` of every row, hashed in one kernel over the
+    id bytes sliced from the columns' buffers."""
+    return call_ids.call_ids(tenant, _fixed(trace, 16), _fixed(span, 8))
 
 
 def _fixed(arr: pa.Array, width: int) -> np.ndarray:

@@ -27,7 +27,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipeline import callbatch, calls_ndjson, otlp, pricing
+from pipeline import call_ids, callbatch, calls_ndjson, otlp, pricing
 from pipeline import normalise as ref
 from pipeline import normalise_columnar as columnar
 from pipeline.aggregate import HEARTBEAT_HEADER
@@ -240,6 +240,7 @@ def register(app, settings: Settings, heartbeats: bool = False,
     log.info("OTLP wire decoder ready in %.1f s (native: %s)", otlp_wire.warm_up(),
              otlp_wire.NATIVE)
     calls_ndjson.warm_up()
+    call_ids.warm_up()
     source = app.topic(OTLP_SPANS, value_type=bytes, value_serializer="raw")
     calls_topic = app.topic(LLM_CALLS, value_type=bytes, value_serializer="raw")
     dlq_topic = app.topic(OTLP_SPANS_DLQ, value_type=bytes, value_serializer="raw")
