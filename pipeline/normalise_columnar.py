@@ -297,21 +297,33 @@ class _Batch:
 
     def scalar_field(self, name: str, check: Callable[[Decimal], bool],
                      convert: Callable[[Decimal], Any], arrow_type: pa.DataType) -> pa.Array:
-        """A numeric field through the reference's ``_number`` (rare: per present value)."""
+        """A numeric field through the reference's ``_number``, once per distinct value
+        (doubles told apart by their bits: -0.0 is not 0.0)."""
         p = self.A.first(cv.FIELDS[name])
         t = self.A.type_at(p)
         self.mark((p >= 0) & ~_one_of(t, (S.INT, S.DOUBLE)))
-        out: list[Any] = [None] * self.n
-        for i in np.nonzero((p >= 0) & _one_of(t, (S.INT, S.DOUBLE)))[0]:
-            raw = int(self.A.int[p[i]]) if t[i] == S.INT else float(self.A.dbl[p[i]])
-            d = ref._number(raw)
-            try:
-                if d is None or not check(d):
-                    raise InvalidOperation
-                out[i] = convert(d)
-            except InvalidOperation:
-                self.slow[i] = True
-        return pa.array(out, arrow_type)
+        results: list[Any] = []
+        index = np.full(self.n, -1, np.int64)
+        for typ, values, as_py in ((S.INT, self.A.int, int), (S.DOUBLE, self.A.dbl, float)):
+            rows = np.nonzero((p >= 0) & (t == typ))[0]
+            if not len(rows):
+                continue
+            raw = values[p[rows]]
+            bits = raw.view(np.int64) if typ == S.DOUBLE else raw.astype(np.int64)
+            _, first, inverse = np.unique(bits, return_index=True, return_inverse=True)
+            code = np.empty(len(first), np.int64)
+            for j, k in enumerate(first.tolist()):
+                d = ref._number(as_py(raw[k]))
+                try:
+                    if d is None or not check(d):
+                        raise InvalidOperation
+                    results.append(convert(d))
+                    code[j] = len(results) - 1
+                except InvalidOperation:
+                    code[j] = -1
+            index[rows] = code[inverse.reshape(-1)]
+            self.slow[rows[code[inverse.reshape(-1)] < 0]] = True
+        return pa.array(results, arrow_type).take(pa.array(index, mask=index < 0))
 
 
 def _kinds(b: _Batch) -> np.ndarray:
@@ -454,7 +466,7 @@ def normalise(spans: pa.Table, settings: Settings, catalog: pricing.Catalog,
     agent_row = _ancestor_agents(parent, kind)
     fast = np.nonzero(is_call & ~b.slow)[0]
     slow = np.nonzero(is_call & b.slow)[0]
-    agents = _agent_names(spans, np.unique(agent_row[np.concatenate([fast, slow])]))
+    agents = _agent_names(b, f, np.unique(agent_row[np.concatenate([fast, slow])]))
     calls = _fast_table(b, f, priced, fast, agent_row, agents)
     if len(slow):                          # the reference path's calls, then batch order
         calls = pa.concat_tables([calls, _slow_table(spans, ctx, slow, kind, inferred,
@@ -478,14 +490,34 @@ def _each_record(spans: pa.Table, records: Sequence[int], settings: Settings,
     return ref.NormaliseResult(pa.concat_tables(tables), stats)
 
 
-def _agent_names(spans: pa.Table, rows: np.ndarray) -> dict[int, tuple[str | None, str | None]]:
-    """(name, id) each agent span lends its descendants, by the reference's rule."""
+def _agent_names(b: _Batch, f: dict[str, Any], rows: np.ndarray
+                 ) -> dict[int, tuple[str | None, str | None]]:
+    """(name, id) each agent span lends its descendants, by the reference's rule
+    (:func:`pipeline.normalise._agent_of`): from the fields already gathered when both
+    picks are plain strings or absent, else from the reference's own dicts."""
     rows = rows[rows >= 0]
     if not len(rows):
         return {}
-    d = _subset_dicts(spans, rows)
-    return {int(i): ref._agent_of(d["attrs"][r], d["cols"]["name"][r])
-            for r, i in enumerate(rows)}
+    A = b.A
+    plain = ~A.dup_rows[rows]
+    for field in ("agent_name", "agent_id"):
+        p = A.first(cv.FIELDS[field])[rows]
+        plain &= (p < 0) | (A.type_at(p) == S.STRING)
+    out: dict[int, tuple[str | None, str | None]] = {}
+    idx = pa.array(rows, pa.int64())
+    names = f["agent_name"].take(idx).to_pylist()
+    ids = f["agent_id"].take(idx).to_pylist()
+    span_names = b.col["name"].take(idx).to_pylist()
+    for r, i in enumerate(rows.tolist()):
+        if plain[r]:
+            out[i] = (names[r] or span_names[r].removeprefix("invoke_agent").strip() or None,
+                      ids[r])
+    rest = rows[~plain]
+    if len(rest):
+        d = _subset_dicts(b.spans, rest)
+        out.update({int(i): ref._agent_of(d["attrs"][r], d["cols"]["name"][r])
+                    for r, i in enumerate(rest)})
+    return out
 
 
 def _fields(b: _Batch, kind: np.ndarray, is_llm: np.ndarray) -> dict[str, Any]:
@@ -591,18 +623,13 @@ def _price(b: _Batch, f: dict[str, Any], is_llm: np.ndarray, is_call: np.ndarray
     if not len(rows):
         return out
     tok = f["tok"]
-    cols = [f["response_model"].take(rows).to_pylist(), f["request_model"].take(rows).to_pylist(),
-            f["provider"].take(rows).to_pylist(), b.col["tenant"].take(rows).to_pylist(),
-            f["batch"][rows].tolist()]
-    groups: dict[tuple, list[int]] = {}
-    for r, key in zip(rows.tolist(), zip(*cols, strict=True), strict=True):
-        groups.setdefault(key, []).append(r)
+    groups = _groups(rows, [f["response_model"], f["request_model"], f["provider"],
+                            b.col["tenant"]], f["batch"][rows])
     cache = _quotes(ctx)
     plans: list[_Plan] = []
     plan_of = np.full(n, -1, np.int64)
     fresh_rows: list[tuple[int, pricing.Quote]] = []
-    for key, members in groups.items():
-        idx = np.array(members, np.int64)
+    for key, idx in groups:
         if key not in cache.groups:
             q0 = _quote_one(ctx, f, key, int(idx[0]))
             cache.groups[key] = (ctx.catalog.entry(q0.provider, q0.model) if q0.model
@@ -645,6 +672,31 @@ def _price(b: _Batch, f: dict[str, Any], is_llm: np.ndarray, is_call: np.ndarray
                         out["list"][i], out["cost"][i])
             b.slow[plan_of == plan_of[i]] = True
     return out
+
+
+def _groups(rows: np.ndarray, columns: list[pa.Array], flag: np.ndarray
+            ) -> list[tuple[tuple, np.ndarray]]:
+    """``rows`` grouped by their values in ``columns`` (strings, nulls included) and
+    ``flag``: (key tuple, its rows ascending) per group, in order of first appearance,
+    with one Python step per group, not per row."""
+    idx = pa.array(rows, pa.int64())
+    code = flag.astype(np.int64)
+    labels: list[tuple[list[Any], np.ndarray]] = []
+    for col in columns:
+        d = pc.dictionary_encode(col.take(idx))
+        ids = d.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+        labels.append(([*d.dictionary.to_pylist(), None], ids))   # id -1: null
+        # re-densified after every column, so that the code cannot overflow
+        _, code = np.unique(code * (len(d.dictionary) + 1) + ids + 1, return_inverse=True)
+        code = code.reshape(-1)
+    order = np.argsort(code, kind="stable")
+    out = []
+    for members in np.split(order, np.flatnonzero(np.diff(code[order])) + 1):
+        i = int(members[0])
+        key = (*(names[ids[i]] for names, ids in labels), bool(flag[i]))
+        out.append((i, key, rows[members]))
+    out.sort(key=lambda g: g[0])
+    return [(key, members) for _, key, members in out]
 
 
 @dataclass(frozen=True)
@@ -779,8 +831,9 @@ def _fast_table(b: _Batch, f: dict[str, Any], p: dict[str, Any], rows: np.ndarra
     anc = agent_row[rows]
     names = [None, *(agents[j][0] for j in agents)]
     ids = [None, *(agents[j][1] for j in agents)]
-    slot = {j: k + 1 for k, j in enumerate(agents)}
-    which = pa.array([slot.get(j, 0) for j in anc.tolist()], pa.int64())
+    slot = np.zeros(b.n + 1, np.int64)          # slot[-1]: no agent above
+    slot[list(agents)] = np.arange(1, len(agents) + 1)
+    which = pa.array(slot[anc], pa.int64())
     anc_name = pa.array(names, pa.string()).take(which)
     anc_id = pa.array(ids, pa.string()).take(which)
     def ints(name: str) -> pa.Array:
@@ -854,16 +907,14 @@ def _issues(pre: list[tuple[np.ndarray, str]], issue_id: np.ndarray,
     code = np.zeros(len(rows), np.int64)
     for bit, (mask, _) in enumerate(pre):
         code |= mask[rows].astype(np.int64) << bit
-    memo: dict[tuple, str | None] = {}
-    out = []
-    for c, q in zip(code.tolist(), issue_id[rows].tolist(), strict=True):
-        text = memo.get((c, q), "")
-        if text == "":
-            flags = [name for bit, (_, name) in enumerate(pre) if c >> bit & 1]
-            flags += issue_sets[q]
-            text = memo[(c, q)] = ",".join(dict.fromkeys(flags)) or None
-        out.append(text)
-    return pa.array(out, pa.string())
+    pairs, which = np.unique(code * len(issue_sets) + issue_id[rows], return_inverse=True)
+    texts = []
+    for pair in pairs.tolist():                 # one text per distinct (flags, issues)
+        c, q = divmod(pair, len(issue_sets))
+        flags = [name for bit, (_, name) in enumerate(pre) if c >> bit & 1]
+        flags += issue_sets[q]
+        texts.append(",".join(dict.fromkeys(flags)) or None)
+    return pa.array(texts, pa.string()).take(pa.array(which.reshape(-1), pa.int64()))
 
 
 def _slow_table(spans: pa.Table, ctx: ref._Context, rows: np.ndarray, kind: np.ndarray,

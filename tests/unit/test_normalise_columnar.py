@@ -133,7 +133,8 @@ def attrs(draw: Any, clean: bool) -> dict[str, Any]:
         if draw(st.booleans()):
             out[k] = draw(st.one_of(st.floats(0, 10), st.integers(0, 5)) if clean else
                           st.one_of(st.floats(-1, 10), st.integers(-1, 5),
-                                    st.sampled_from(["0.4", "x"])))
+                                    st.sampled_from(["0.4", "x", -0.0, 0.0, 1e300, 2**62,
+                                                     float("nan"), float("inf")])))
     return out
 
 
@@ -371,3 +372,13 @@ def test_integer_costs_equal_the_reference_quote_without_its_self_check(calls) -
             assert Decimal(int(out_arrays["list"][i])).scaleb(-12) == q.list_cost
             assert Decimal(int(out_arrays["cost"][i])).scaleb(-12) == q.cost
     assert any(out_arrays["valid"][i] for i, _ in quotes) or not quotes
+
+
+def test_calls_are_grouped_by_their_values_nulls_included_in_order_of_appearance() -> None:
+    rows = np.array([3, 5, 8, 9, 12])
+    model = pa.array([None] * 3 + ["a", "b", None, None, None, "a", "a", None, None, "b"])
+    tenant = pa.array(["t"] * 13)
+    groups = NC._groups(rows, [model, tenant], np.array([False, False, False, True, False]))
+    assert [(key, members.tolist()) for key, members in groups] == [
+        (("a", "t", False), [3, 8]), ((None, "t", False), [5]), (("a", "t", True), [9]),
+        (("b", "t", False), [12])]
