@@ -20,9 +20,10 @@ from __future__ import annotations
 import sys
 from collections import Counter
 
-#: stage -> a function on the stack (``name (file.py``) that marks its samples.
+#: stage -> functions on the stack (``name (file.py``) that mark its samples. The
+#: normalise stage's batches run in their own task (``to_the_end``), under ``_handle``.
 STAGES = {
-    "normalise": "normalise_agent (normalise_stage.py",
+    "normalise": ("normalise_agent (normalise_stage.py", "process_many (normalise_stage.py"),
     "aggregate": "aggregate_agent (aggregate_stage.py",
     "detect": "detect_agent (detect_stage.py",
     "lake sink": "LakeSink.run (lake_stage.py",
@@ -58,7 +59,9 @@ def main(path: str) -> None:
         n = int(count)
         total += n
         frames = _frames(stack)
-        stage = next((s for s, f in STAGES.items() if f in frames), "other")
+        stage = next((s for s, marks in STAGES.items()
+                      if any(m in frames for m in ((marks,) if isinstance(marks, str)
+                                                   else marks))), "other")
         stages[stage] += n
         for step in STEPS:
             if step in frames:

@@ -312,10 +312,9 @@ def route_calls(calls: pa.Table, partitions: int) -> list[tuple[int, bytes, pa.T
     order = np.argsort(part, kind="stable")
     ordered = calls.take(pa.array(order))
     out, offs = _encode(ordered, True)
-    body = out.tobytes()
     starts = np.searchsorted(part[order], np.arange(partitions + 1)).tolist()
     offs = offs.tolist()
-    return [(p, body[offs[starts[p]]:offs[starts[p + 1]]],
+    return [(p, out[offs[starts[p]]:offs[starts[p + 1]]].tobytes(),   # one copy of each
              ordered.slice(starts[p], starts[p + 1] - starts[p]))
             for p in range(partitions) if starts[p + 1] > starts[p]]
 
