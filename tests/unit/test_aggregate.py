@@ -412,3 +412,34 @@ def test_merged_partials_equal_a_per_call_sum_of_first_copies(records):
                                               t["units"].count() if "units" in t else 0]
            for (view, ws, key), t in merge_partials(parts).items()}
     assert got == {k: [n, usd, len(units)] for k, (n, usd, units) in want.items()}
+
+
+def test_each_partial_carries_the_sketch_and_cost_of_its_own_calls() -> None:
+    """Partials a record emits together read their own sketch rows, on time and late."""
+    agg = PartitionAggregator(0)
+    by_model = {"gpt-4o": [12.0, 480.0, 480.0], "o3": [9_000.0], "gpt-4o-mini": [3.0, 70.0]}
+    rows, i = [], 0
+    for model, latencies in by_model.items():
+        for ms in latencies:
+            rows.append(call(i, T0 + i, model=model, latency=ms, cost="1.000000000001"))
+            i += 1
+    agg.add(table(rows), 0, T0 + 1000)
+    closing = agg.add(table([]), 1, T0 + 2 * MIN)
+    late = agg.add(table([dict(r, **{C.CALL_ID: f"late{j}"}) for j, r in enumerate(rows)]),
+                   2, T0 + 2 * MIN + 1)
+    for out in (closing, late):
+        group = {p["model"]: p for p in out.partials if p["view"] == "group"}
+        assert set(group) == set(by_model)
+        for model, latencies in by_model.items():
+            want = np.bincount(sketch.bucket_indices(np.array(latencies)))
+            got = {b["bucket"]: b["count"] for b in group[model]["latency_buckets"]}
+            assert got == {b: int(c) for b, c in enumerate(want) if c}
+            assert group[model]["ttft_buckets"] == []
+            assert Decimal(group[model]["cost_usd"]) == \
+                Decimal("1.000000000001") * len(latencies)
+
+
+@pytest.mark.parametrize("pico", [0, 1, -1, 10**12, -(10**12) - 5, 2**63 - 1, -(2**63)])
+def test_money_text_is_the_decimal_of_the_pico_dollars(pico) -> None:
+    from pipeline.aggregate import _money
+    assert _money(pico) == format(Decimal(pico).scaleb(-12), "f")
