@@ -51,6 +51,11 @@ _VALUED = np.array([S.STRING, S.ARRAY, S.KVLIST, S.BYTES, S.INT, S.DOUBLE, S.BOO
 _PICO_PER_MILLION = 10**6          # USD per million tokens -> pico-dollars per token
 _SAFE = 2**30                      # tokens and pico prices below this cannot overflow int64
 _HEX = np.frombuffer(b"0123456789abcdef", np.uint8)
+#: The two type sets above as lookup tables over a type code's byte.
+_IS_STRINGY = np.zeros(256, bool)
+_IS_STRINGY[_STRINGY.astype(np.uint8)] = True
+_IS_VALUED = np.zeros(256, bool)
+_IS_VALUED[_VALUED.astype(np.uint8)] = True
 
 
 # ------------------------------------------------------------------ gathering attributes
@@ -77,7 +82,8 @@ class _Attrs:
         self.dbl = values.field("dbl").fill_null(0.0).to_numpy(zero_copy_only=False)
         self.bool = values.field("bool").fill_null(False).to_numpy(zero_copy_only=False)
         empty = pc.fill_null(pc.equal(self.str, ""), False).to_numpy(zero_copy_only=False)
-        self.valued = np.isin(self.type, _VALUED) & ~(np.isin(self.type, _STRINGY) & empty)
+        code = self.type.astype(np.uint8)                 # a table lookup, not np.isin
+        self.valued = _IS_VALUED[code] & ~(_IS_STRINGY[code] & empty)
         # Padded with the value of "absent" so that position -1 reads it (one gather).
         self.type_pad = np.append(self.type.astype(np.int64), -1)
         self.valued_pad = np.append(self.valued, False)
@@ -92,10 +98,9 @@ class _Attrs:
         self.table = np.full((n, max(len(self.col), 1)), -1, np.int64)
         rows, cols = self.row_of[hit], kidx[hit]
         self.table[rows, cols] = hit
-        flat = rows * len(self.col) + cols
-        uniq, counts = np.unique(flat, return_counts=True)
+        # A key named twice on a span: one of its positions lost the cell to another.
         self.dup_rows = np.zeros(n, bool)
-        self.dup_rows[uniq[counts > 1] // max(len(self.col), 1)] = True
+        self.dup_rows[rows[self.table[rows, cols] != hit]] = True
 
     def pos(self, key: str) -> np.ndarray:
         return self.table[:, self.col[key]]

@@ -382,3 +382,33 @@ def test_calls_are_grouped_by_their_values_nulls_included_in_order_of_appearance
     assert [(key, members.tolist()) for key, members in groups] == [
         (("a", "t", False), [3, 8]), ((None, "t", False), [5]), (("a", "t", True), [9]),
         (("b", "t", False), [12])]
+
+
+def test_a_key_named_twice_on_a_span_is_read_as_the_reference_reads_it(monkeypatch) -> None:
+    """Protobuf allows a key twice in one attribute list; the reference keeps the last.
+    Such spans (and only they) take the reference path."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+
+    req = ExportTraceServiceRequest()
+    spans = req.resource_spans.add().scope_spans.add().spans
+    for i, models in enumerate([("gpt-4o", "o3"), ("o3",), ("gpt-4o-mini", "gpt-4o-mini")]):
+        s = spans.add(trace_id=b"\x01" * 16, span_id=bytes([i + 1]) * 8, name="chat",
+                      start_time_unix_nano=T0, end_time_unix_nano=T0 + 10**9)
+        s.attributes.append(KeyValue(key="gen_ai.operation.name",
+                                     value=AnyValue(string_value="chat")))
+        for m in models:
+            s.attributes.append(KeyValue(key="gen_ai.request.model",
+                                         value=AnyValue(string_value=m)))
+        s.attributes.append(KeyValue(key="gen_ai.usage.input_tokens",
+                                     value=AnyValue(int_value=100 * (i + 1))))
+    batch_ = otlp.decode_record(req.SerializeToString())
+    want = assert_agree(batch_, Settings())
+    assert want.calls.column(C.MODEL).to_pylist()[:2] == ["o3", "o3"]
+    built = []
+    real_row = N._row
+    monkeypatch.setattr(N, "_row", lambda *a, **k: built.append(a[0]) or real_row(*a, **k))
+    NC.normalise(batch_, Settings(), CATALOG, KEY, now=NOW)
+    assert len(built) == 2          # the first and third spans, each alone in its subset
