@@ -8,7 +8,8 @@ non-GenAI spans among the calls, then measures:
   (b) ``pipeline.otlp.decode_record`` + the row-by-row reference ``pipeline.normalise``;
   (c) ``pipeline.otlp.decode_record`` + ``pipeline.normalise_columnar`` (what the stage
       runs), one request per batch, then (c8) eight requests per batch (``records=``,
-      each request still normalised as if alone: checked equal to (c));
+      each request still normalised as if alone: checked equal to (c)), and (n8) its
+      normalise and price alone;
 
 checks that (b) and (c) give equal tables, and prints every rate in spans/s and the
 ratios against (a) and (b); then (w) the ``llm_calls`` records of those calls, by the
@@ -178,6 +179,8 @@ def main() -> None:
         print(f"{label:32s}: {total / secs:12,.0f} spans/s ({secs:.2f} s)")
     print(f"    of which decode_record      : {total / decode_s:12,.0f} spans/s "
           f"({decode_s:.2f} s)")
+    print(f"    and normalise + price (n8)  : {total / (col8_s - decode_s):12,.0f} spans/s "
+          f"({col8_s - decode_s:.2f} s)")
     print(f"columnar equals reference on the first 5 batches, (c8) equals (c): {same}")
     print(f"(w) llm_calls records, reference calls_to_ndjson: {calls / lines_s:10,.0f} calls/s; "
           f"calls_ndjson.route (6 partitions): {calls / route_s:10,.0f} calls/s "
