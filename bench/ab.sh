@@ -7,11 +7,12 @@
 # Why: this machine is shared, and the same command varies by 20-40 % from one minute to
 # the next, so a figure is only compared with the other tree's figure from the run just
 # before or after it. The other commit is checked out in a temporary git worktree that
-# shares this checkout's .venv (its own numba cache compiles on its first run); the
-# command runs in each tree's root, B (the other commit) first, then A (this checkout),
-# <runs> times. Prints each run's output under its label; judges nothing.
+# shares this checkout's .venv. The command first runs once in B as a warm-up (B's numba
+# cache compiles there: tens of seconds in a decoder's first call; not a figure), then in
+# each tree's root, B (the other commit) first, then A (this checkout), <runs> times.
+# Prints each run's output under its label; judges nothing.
 set -euo pipefail
-[ $# -ge 3 ] || { sed -n 2,12p "$0"; exit 2; }
+[ $# -ge 3 ] || { sed -n 2,13p "$0"; exit 2; }
 rev=$1 runs=$2
 shift 2
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -20,6 +21,8 @@ cleanup() { git -C "$here" worktree remove --force "$other" >/dev/null 2>&1 || t
 trap cleanup EXIT
 git -C "$here" worktree add --detach "$other" "$rev" >/dev/null
 ln -s "$here/.venv" "$other/.venv"
+echo "== warm-up, B $rev (compiles B's kernels: not a figure)"
+(cd "$other" && "$@")
 for i in $(seq 1 "$runs"); do
   for tree in "$other" "$here"; do
     label=$([ "$tree" = "$here" ] && echo "A $(git -C "$here" rev-parse --short HEAD)" \

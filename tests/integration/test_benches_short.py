@@ -25,16 +25,19 @@ def test_the_benchmark_runs_short_and_checks_itself(kafka_settings, bench):
 
 
 def test_the_paired_runner_runs_both_trees_and_leaves_no_worktree(tmp_path):
-    """bench/ab.sh: B (the other commit) then A (this checkout), each in its own root."""
+    """bench/ab.sh: a warm-up in B, then B (the other commit) and A (this checkout)
+    alternating, each in its own root."""
     out = subprocess.run(["bash", str(ROOT / "bench" / "ab.sh"), "HEAD", "2", "bash", "-c",
                           "git rev-parse --show-toplevel"],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert [line.split(",")[1].split()[0] for line in lines if line.startswith("==")] == \
-        ["B", "A", "B", "A"]
+        ["B", "B", "A", "B", "A"]
+    assert lines[0].startswith("== warm-up")
     roots = [line for line in lines if not line.startswith("==")]
-    assert roots[1] == roots[3] == str(ROOT) and roots[0] != str(ROOT)
+    assert roots[2] == roots[4] == str(ROOT)
+    assert roots[0] == roots[1] == roots[3] != str(ROOT)
     worktrees = subprocess.run(["git", "worktree", "list"], cwd=ROOT, capture_output=True,
                                text=True).stdout
     assert roots[0] not in worktrees
