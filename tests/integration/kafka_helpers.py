@@ -36,6 +36,15 @@ def free_port() -> int:
             return port
 
 
+def ctrl_c_reaches_it() -> None:
+    """``preexec_fn`` for a process a test will Ctrl-C: SIGINT back to its default, so
+    Python installs its KeyboardInterrupt handler even when the test run itself was
+    started in the background by a shell (which starts it with SIGINT ignored)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def processes_of(needle: bytes, state_dir: Path) -> list[int]:
     """Pids whose command line holds ``needle`` and whose command line or environment
     names ``state_dir`` (what a command started there and must have stopped)."""

@@ -20,6 +20,7 @@ from pipeline.alerts import Incident
 from pipeline.clients import producer
 from schemas import alerts as A
 from schemas.topics import LLM_ALERTS
+from tests.integration.kafka_helpers import ctrl_c_reaches_it
 
 pytestmark = pytest.mark.integration
 T0_US = int(time.time() * 1_000_000)
@@ -131,7 +132,7 @@ def test_follow_tails_new_alerts_and_ctrl_c_exits_0(kafka_settings, produced):
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipeline", "alerts", "--since", "5m", "--json",
          "--tenant", tenant], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env=env)
+        env=env, preexec_fn=ctrl_c_reaches_it)
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(ln) for ln in proc.stdout],
                      daemon=True).start()

@@ -17,7 +17,7 @@ import pytest
 from pipeline.analytics import connect
 from pipeline.traffic.truth import Truth
 from tests.browser import chromium, visit
-from tests.integration.kafka_helpers import free_port, processes_of
+from tests.integration.kafka_helpers import ctrl_c_reaches_it, free_port, processes_of
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
@@ -158,7 +158,8 @@ def test_ctrl_c_stops_the_demo_and_everything_it_started(tmp_path):
     state = tmp_path / "state"
     proc = subprocess.Popen([sys.executable, "-m", "pipeline", "demo", "--duration", "60",
                              "--no-live"], cwd=ROOT, env=_own_broker_env(state),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=ctrl_c_reaches_it)
     try:
         assert proc.stdout is not None
         for line in proc.stdout:          # the first status line: replaying, all running
