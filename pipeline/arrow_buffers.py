@@ -9,6 +9,9 @@ import pyarrow as pa
 
 from schemas import calls as C
 
+HEX_DIGITS = np.frombuffer(b"0123456789abcdef", np.uint8).copy()
+"""Lowercase hex digits by nibble, for the kernels that write ids and hashes as text."""
+
 
 def binary_buffers(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """(bytes, int64 offsets starting at 0) of a string or binary array, slices honoured."""

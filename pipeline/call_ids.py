@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 from numba import njit
 
-from pipeline.arrow_buffers import binary_buffers
+from pipeline.arrow_buffers import HEX_DIGITS, binary_buffers
 
 _IV = np.array([0x6A09E667F3BCC908, 0xBB67AE8584CAA73B, 0x3C6EF372FE94F82B,
                 0xA54FF53A5F1D36F1, 0x510E527FADE682D1, 0x9B05688C2B3E6C1F,
@@ -30,7 +30,6 @@ _SIGMA = np.array([
     [13, 11, 7, 14, 12, 1, 3, 9, 5, 0, 15, 4, 8, 6, 2, 10],
     [6, 15, 14, 9, 11, 3, 0, 8, 12, 2, 13, 7, 1, 4, 10, 5],
     [10, 2, 8, 4, 7, 6, 1, 5, 15, 11, 9, 14, 3, 12, 13, 0]], np.int64)
-_HEX = np.frombuffer(b"0123456789abcdef", np.uint8).copy()
 _DIGEST = 16                       # bytes: ``hashlib.blake2b(..., digest_size=16)``
 _IDS = 24                          # trace id (16 bytes) then span id (8 bytes)
 
@@ -119,8 +118,8 @@ def _kernel(tenant_data: np.ndarray, tenant_offsets: np.ndarray, ids: np.ndarray
         base = 32 * i
         for j in range(_DIGEST):
             byte = (h[j // 8] >> np.uint64(8 * (j % 8))) & np.uint64(255)
-            out[base + 2 * j] = _HEX[byte >> np.uint64(4)]
-            out[base + 2 * j + 1] = _HEX[byte & np.uint64(15)]
+            out[base + 2 * j] = HEX_DIGITS[byte >> np.uint64(4)]
+            out[base + 2 * j + 1] = HEX_DIGITS[byte & np.uint64(15)]
 
 
 def call_ids(tenant: pa.Array, trace: np.ndarray, span: np.ndarray) -> pa.Array:

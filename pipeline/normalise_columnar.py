@@ -33,7 +33,7 @@ import pyarrow.compute as pc
 from pipeline import call_ids, pricing, privacy
 from pipeline import conventions as cv
 from pipeline import normalise as ref
-from pipeline.arrow_buffers import binary_buffers, money_from_pico
+from pipeline.arrow_buffers import HEX_DIGITS, binary_buffers, money_from_pico
 from pipeline.config import Settings
 from schemas import calls as C
 from schemas import spans as S
@@ -50,7 +50,6 @@ _STRINGY = np.array([S.STRING, S.ARRAY, S.KVLIST, S.BYTES], np.int8)
 _VALUED = np.array([S.STRING, S.ARRAY, S.KVLIST, S.BYTES, S.INT, S.DOUBLE, S.BOOL], np.int8)
 _PICO_PER_MILLION = 10**6          # USD per million tokens -> pico-dollars per token
 _SAFE = 2**30                      # tokens and pico prices below this cannot overflow int64
-_HEX = np.frombuffer(b"0123456789abcdef", np.uint8)
 #: The two type sets above as lookup tables over a type code's byte.
 _IS_STRINGY = np.zeros(256, bool)
 _IS_STRINGY[_STRINGY.astype(np.uint8)] = True
@@ -181,7 +180,7 @@ def _hex(arr: pa.Array, empty_is_null: bool = False) -> pa.Array:
     arr = arr.combine_chunks() if isinstance(arr, pa.ChunkedArray) else arr
     data, offsets = binary_buffers(arr)
     out = np.empty(2 * len(data), np.uint8)
-    out[0::2], out[1::2] = _HEX[data >> 4], _HEX[data & 15]
+    out[0::2], out[1::2] = HEX_DIGITS[data >> 4], HEX_DIGITS[data & 15]
     new_off = (offsets * 2).astype(np.int32)
     text = pa.Array.from_buffers(pa.string(), len(arr),
                                  [None, pa.py_buffer(new_off), pa.py_buffer(out)])
@@ -326,8 +325,9 @@ class _Batch:
                     code[j] = len(results) - 1
                 except InvalidOperation:
                     code[j] = -1
-            index[rows] = code[inverse.reshape(-1)]
-            self.slow[rows[code[inverse.reshape(-1)] < 0]] = True
+            codes = code[inverse.reshape(-1)]
+            index[rows] = codes
+            self.slow[rows[codes < 0]] = True
         return pa.array(results, arrow_type).take(pa.array(index, mask=index < 0))
 
 

@@ -47,6 +47,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
 from pipeline import otlp
+from pipeline.arrow_buffers import HEX_DIGITS
 from schemas import spans as S
 
 # ---------------------------------------------------------------- message and field table
@@ -898,9 +899,6 @@ def _gather(buf: np.ndarray, off: np.ndarray, ln: np.ndarray) -> tuple[np.ndarra
     return offsets, data
 
 
-_HEX = np.frombuffer(b"0123456789abcdef", np.uint8).copy()
-
-
 @njit(cache=True)
 def _gather_values(buf: np.ndarray, side: np.ndarray, typ: np.ndarray, off: np.ndarray,
                    ln: np.ndarray, hexdigits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -1104,7 +1102,7 @@ def _attributes(buf: np.ndarray, side: np.ndarray, tab: np.ndarray) -> pa.Struct
     val = np.ascontiguousarray(tab[A_VAL])
     offsets, data = _gather_values(buf, side, np.ascontiguousarray(typ),
                                    np.ascontiguousarray(tab[A_VAL_OFF]),
-                                   np.ascontiguousarray(tab[A_VAL_LEN]), _HEX)
+                                   np.ascontiguousarray(tab[A_VAL_LEN]), HEX_DIGITS)
     is_str = (typ == S.STRING) | (typ == S.ARRAY) | (typ == S.KVLIST) | (typ == S.BYTES)
     children = [
         _strings(buf, tab[A_KEY_OFF], tab[A_KEY_LEN]),
