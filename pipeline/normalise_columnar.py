@@ -601,10 +601,8 @@ def _fields(b: _Batch, kind: np.ndarray, is_llm: np.ndarray) -> dict[str, Any]:
     f["error"] = is_error
     f["error_type"] = pc.if_else(pa.array(is_error), pc.coalesce(own_error, msg),
                                  pa.scalar(None, pa.string()))
-    # _price's own early exits (missing model, no usage) are flagged: reference path.
-    has_model = pc.is_valid(f["request_model"]).to_numpy(zero_copy_only=False) | \
+    f["has_model"] = pc.is_valid(f["request_model"]).to_numpy(zero_copy_only=False) | \
         pc.is_valid(f["response_model"]).to_numpy(zero_copy_only=False)
-    b.mark(is_llm & (~has_model | ~(tok["input_present"] | tok["output_present"])))
     return f
 
 
@@ -624,10 +622,14 @@ def _price(b: _Batch, f: dict[str, Any], is_llm: np.ndarray, is_call: np.ndarray
            "issue_id": np.zeros(n, np.int64), "issue_sets": [()]}
     tool = is_call & ~is_llm
     out["valid"][tool] = out["priced"][tool] = True
-    rows = np.nonzero(is_llm & ~b.slow)[0]
+    tok = f["tok"]
+    unpriceable = is_llm & ~b.slow & ~(f["has_model"]
+                                      & (tok["input_present"] | tok["output_present"]))
+    if unpriceable.any():
+        _early_exits(b, f, unpriceable, out)
+    rows = np.nonzero(is_llm & ~b.slow & ~unpriceable)[0]
     if not len(rows):
         return out
-    tok = f["tok"]
     groups = _groups(rows, [f["response_model"], f["request_model"], f["provider"],
                             b.col["tenant"]], f["batch"][rows])
     cache = _quotes(ctx)
@@ -677,6 +679,27 @@ def _price(b: _Batch, f: dict[str, Any], is_llm: np.ndarray, is_call: np.ndarray
                         out["list"][i], out["cost"][i])
             b.slow[plan_of == plan_of[i]] = True
     return out
+
+
+def _early_exits(b: _Batch, f: dict[str, Any], mask: np.ndarray, out: dict[str, Any]) -> None:
+    """LLM calls the reference leaves unpriced before quoting (``normalise._price``): no
+    model (``missing_model``), or no input or output count (``no_usage``) unless the model
+    is priced by GPU time (those take the reference path). Errors and timeouts often end
+    this way, so they are common, not odd. Their cost stays null and unpriced."""
+    no_model = mask & ~f["has_model"]
+    _set_issues(out, np.nonzero(no_model)[0], ("missing_model",))
+    no_usage = np.nonzero(mask & f["has_model"])[0]
+    if not len(no_usage):
+        return
+    ctx = b.ctx
+    name = pc.coalesce(f["response_model"], f["request_model"])
+    for (model, provider, _), idx in _groups(no_usage, [name, f["provider"]],
+                                             np.zeros(len(no_usage), bool)):
+        entry, _ = ctx.catalog.resolve(model, provider, ctx.settings.pricing.aliases)
+        if entry is not None and entry.unit == pricing.UNIT_GPU_SECOND:
+            b.slow[idx] = True
+        else:
+            _set_issues(out, idx, ("no_usage",))
 
 
 def _groups(rows: np.ndarray, columns: list[pa.Array], flag: np.ndarray
@@ -803,9 +826,13 @@ def _quote_one(ctx: ref._Context, f: dict[str, Any], key: tuple, i: int) -> pric
                          aliases=ctx.settings.pricing.aliases)
 
 
-def _set_quote(out: dict[str, Any], sel: np.ndarray, q: pricing.Quote) -> None:
+def _set_issues(out: dict[str, Any], sel: np.ndarray, issues: tuple[str, ...]) -> None:
     out["issue_id"][sel] = len(out["issue_sets"])
-    out["issue_sets"].append(q.issues)
+    out["issue_sets"].append(issues)
+
+
+def _set_quote(out: dict[str, Any], sel: np.ndarray, q: pricing.Quote) -> None:
+    _set_issues(out, sel, q.issues)
     out["model"][sel] = q.model
     out["version"][sel] = q.price_version if q.priced else None
     out["priced"][sel] = q.priced
