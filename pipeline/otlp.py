@@ -162,15 +162,32 @@ def _span_problem(span: Any) -> str | None:
     return None
 
 
+_CONTENT_KEY: dict[str, bool] = {}
+
+
+def _is_content_key(key: str) -> bool:
+    """``privacy.is_content_key``, remembered per key (a span has ~15 attributes, and
+    their keys repeat from span to span)."""
+    hit = _CONTENT_KEY.get(key)
+    if hit is None:
+        if len(_CONTENT_KEY) > 100_000:       # keys come from clients: bounded memory
+            _CONTENT_KEY.clear()
+        hit = _CONTENT_KEY[key] = privacy.is_content_key(key)
+    return hit
+
+
 def _scrub_attributes(attrs: Any, key: bytes) -> int:
     """Hash then drop content attributes in place; returns how many were dropped."""
-    idx = [i for i, kv in enumerate(attrs) if privacy.is_content_key(kv.key)]
+    keys = [kv.key for kv in attrs]           # each protobuf field read once: they cost
+    known = list(map(_CONTENT_KEY.get, keys))
+    idx = [i for i, (k, c) in enumerate(zip(keys, known, strict=True))
+           if c or (c is None and _is_content_key(k))]
     if not idx:
         return 0
-    content = {attrs[i].key: any_value(attrs[i].value) for i in idx}
-    content.update({kv.key: kv.value.string_value for kv in attrs
-                    if kv.key in privacy.KIND_KEYS})
-    present = {kv.key for kv in attrs}
+    content = {keys[i]: any_value(attrs[i].value) for i in idx}
+    content.update({k: attrs[i].value.string_value for i, k in enumerate(keys)
+                    if k in privacy.KIND_KEYS})
+    present = set(keys)
     hashes = {k: v for k, v in privacy.content_hashes(key, _stringify(content)).items()
               if k not in present}
     for i in reversed(idx):  # in place: copying protobuf messages costs more

@@ -22,6 +22,7 @@ import hashlib
 import json
 import re
 from collections.abc import Iterable, Mapping
+from json.encoder import encode_basestring as _json_string
 from typing import Any
 
 PROMPT_HASH = "llmspend.prompt_hash"
@@ -105,8 +106,10 @@ def _text_of(content: Any) -> str:
 
 def canonical_message(role: str, content: Any) -> str:
     """One message as canonical JSON (role + text) so conventions hash alike."""
-    return json.dumps([role or "", _text_of(content)], ensure_ascii=False,
-                      separators=(",", ":"))
+    role, text = role or "", _text_of(content)
+    if type(role) is str:      # what json.dumps writes for two strings, without its setup
+        return f"[{_json_string(role)},{_json_string(text)}]"
+    return json.dumps([role, text], ensure_ascii=False, separators=(",", ":"))
 
 
 def _parse_json_messages(raw: str) -> list[tuple[str, Any]]:

@@ -2,6 +2,9 @@
 
 import json
 
+from hypothesis import example, given
+from hypothesis import strategies as st
+
 from pipeline import privacy
 
 KEY = b"k" * 32
@@ -66,3 +69,15 @@ def test_tool_arguments_hash_alike_in_every_convention():
     hashes = [privacy.content_hashes(KEY, a) for a in (semconv, openinference, traceloop)]
     assert hashes[0] == hashes[1] == hashes[2]
     assert set(hashes[0]) == {privacy.TOOL_ARGS_HASH}
+
+
+@given(st.one_of(st.text(), st.none(), st.integers()), st.one_of(
+    st.text(alphabet=st.characters(codec=None)),            # controls, quotes, surrogates
+    st.lists(st.fixed_dictionaries({"text": st.text()}), max_size=3)))
+@example("user", 'say "hi"\n\t\x00\u2028\ud800 é€😀\\')
+def test_a_canonical_message_is_the_json_of_role_and_text(role, content):
+    """Hashes already stored were taken over ``json.dumps([role, text])``; the fast
+    writer must give the very same text for any role and content."""
+    want = json.dumps([role or "", privacy._text_of(content)], ensure_ascii=False,
+                      separators=(",", ":"))
+    assert privacy.canonical_message(role, content) == want
