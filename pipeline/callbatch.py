@@ -57,6 +57,14 @@ class CallBatch:
     def n(self) -> int:
         return len(self.start_ms)
 
+    def slice(self, start: int, stop: int) -> CallBatch:
+        """Calls ``start:stop`` (numpy views, list copies): one batch's columns built
+        once, then cut per ``llm_calls`` body (building costs per call *and* per batch)."""
+        return CallBatch({k: v[start:stop] for k, v in self.lists.items()},
+                         self.start_ms[start:stop], self.latency_ms[start:stop],
+                         self.ttft_ms[start:stop], self.tokens[start:stop],
+                         self.cost_pico[start:stop], self.priced[start:stop])
+
     @classmethod
     def empty(cls) -> CallBatch:
         return cls({k: [] for k in KEY_LISTS}, np.zeros(0, np.int64), np.zeros(0),

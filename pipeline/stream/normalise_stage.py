@@ -140,13 +140,17 @@ class NormaliseStage:
         return len(tables), out, calls_ndjson.route_calls(out.calls, self.partitions)
 
     def _hand_off(self, routed: list[tuple[int, bytes, pa.Table]]) -> None:
-        """Leave each body's columns for this worker's aggregate stage; a failure here
-        only means the aggregate stage parses that body itself."""
-        for _, body, calls in routed:
-            try:
-                self.handoff.put(body, callbatch.from_table(calls))
-            except Exception:  # an optimisation: never a dead letter
-                log.warning("handoff: columns of a body not built", exc_info=True)
+        """Leave each body's columns for this worker's aggregate stage, built once for
+        all the bodies and cut per body; a failure here only means the aggregate stage
+        parses the bodies itself."""
+        try:
+            every = callbatch.from_table(pa.concat_tables([c for _, _, c in routed]))
+            lo = 0
+            for _, body, calls in routed:
+                self.handoff.put(body, every.slice(lo, lo + calls.num_rows))
+                lo += calls.num_rows
+        except Exception:  # an optimisation: never a dead letter
+            log.warning("handoff: columns of the bodies not built", exc_info=True)
 
 
 def _merge(routed: list[tuple[int, bytes, pa.Table]]) -> list[tuple[int, bytes, pa.Table]]:

@@ -55,6 +55,22 @@ def test_handed_off_columns_equal_parsing_the_body(tmp_path):
     assert bodies > 20 and len(handoff) == 0
 
 
+def test_columns_of_a_batch_of_records_are_cut_per_body_in_line_order(tmp_path):
+    """The stage builds one batch's columns once and cuts them per body: each body's
+    cut equals parsing that body, for batches of several records (bodies merged)."""
+    handoff = Handoff()
+    stage = NormaliseStage(_settings(tmp_path), 6, handoff)
+    reqs = _requests()
+    bodies = 0
+    for lo in range(0, len(reqs), 4):
+        res = stage.process_many([(req, [(otlp.TENANT_HEADER, tenant.encode())], 0, lo + j)
+                                  for j, (tenant, req) in enumerate(reqs[lo:lo + 4])])
+        for _, body in res.outputs:
+            _same(handoff.take(body), callbatch.from_ndjson(body))
+            bodies += 1
+    assert bodies > 6 and len(handoff) == 0
+
+
 def test_the_aggregate_stage_emits_the_same_partials_either_way(tmp_path):
     settings = _settings(tmp_path)
     handoff = Handoff()
