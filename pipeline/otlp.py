@@ -88,7 +88,10 @@ def sniff_encoding(value: bytes, content_type: str | None = None) -> str:
     """Protobuf or JSON for a record from ``otlp_spans`` (collector otlp_proto/otlp_json).
 
     A protobuf ExportTraceServiceRequest never starts with ``{`` (0x7b would be field 15
-    as a group), so the first non-blank byte decides when no content type is given.
+    as a group), so the first non-blank byte decides when no content type is given. But
+    a blank first byte can be protobuf's too (0x0a is field 1's tag: a first
+    ResourceSpans of 123 bytes reads ``\n{``): :func:`decode_record` tries protobuf when
+    such a body is not JSON.
     """
     if content_type:
         ct = content_type.split(";")[0].strip().lower()
@@ -390,12 +393,30 @@ def decode_record(value: bytes | None, headers: Iterable[tuple[str, bytes]] | No
     ctype = hdrs.get("content-type")
     encoding = sniff_encoding(value, ctype.decode("latin-1") if ctype else None)
     if encoding == PROTOBUF:
-        # The columnar wire decoder: the same batch (property-tested against the code
-        # below), without a Python object per span; it falls back to that code itself.
-        from pipeline import otlp_wire
+        return _protobuf_batch(value, tenant)
+    said_json = ctype is not None and \
+        ctype.decode("latin-1").split(";")[0].strip().lower() == JSON
+    if not said_json and value[:1] != b"{":     # blank first bytes: JSON's or protobuf's
+        try:
+            return _json_batch(value, tenant)
+        except DecodeError as exc:
+            try:
+                return _protobuf_batch(value, tenant)
+            except DecodeError:
+                raise exc from None
+    return _json_batch(value, tenant)
 
-        return otlp_wire.decode_batch(value, tenant)
-    req = parse_request(value, encoding)
+
+def _protobuf_batch(value: bytes, tenant: str) -> pa.Table:
+    # The columnar wire decoder: the same batch (property-tested against the reference
+    # below), without a Python object per span; it falls back to the reference itself.
+    from pipeline import otlp_wire
+
+    return otlp_wire.decode_batch(value, tenant)
+
+
+def _json_batch(value: bytes, tenant: str) -> pa.Table:
+    req = parse_request(value, JSON)
     try:
         return request_to_batch(req, tenant)
     except (pa.ArrowException, UnicodeDecodeError, binascii.Error) as exc:

@@ -101,6 +101,27 @@ def test_invalid_utf8_in_a_string_is_a_decode_error(sample_request):
         otlp.parse_request(data)
 
 
+def test_a_protobuf_record_that_starts_like_blank_then_json_is_still_protobuf():
+    """0x0a is protobuf's tag for the first ResourceSpans: with 123 bytes in it, a
+    record reads ``\n{...`` and was taken for JSON when no content type says (an
+    OpenTelemetry Collector's records carry none). JSON with leading blanks still reads."""
+    req = ExportTraceServiceRequest()
+    rs = req.resource_spans.add()
+    span = rs.scope_spans.add().spans.add(trace_id=b"\x01" * 16, span_id=b"\x02" * 8,
+                                          name="chat", start_time_unix_nano=1)
+    rs.schema_url = "x" * (123 - rs.ByteSize() - 2)
+    assert rs.ByteSize() == 123
+    body = req.SerializeToString()
+    assert body[:2] == b"\n{"
+    want = otlp.decode_record(body, [("content-type", otlp.PROTOBUF.encode())])
+    assert otlp.decode_record(body).equals(want) and want.num_rows == 1
+    assert span.name == "chat"
+    js = b"\n\t " + otlp.to_json(req)
+    assert otlp.decode_record(js).equals(want)
+    with pytest.raises(otlp.DecodeError, match="invalid JSON"):
+        otlp.decode_record(b"\n{not json, nor protobuf")
+
+
 def test_empty_record_is_a_decode_error():
     with pytest.raises(otlp.DecodeError, match="empty"):
         otlp.decode_record(b"")
