@@ -90,8 +90,8 @@ def sniff_encoding(value: bytes, content_type: str | None = None) -> str:
     A protobuf ExportTraceServiceRequest never starts with ``{`` (0x7b would be field 15
     as a group), so the first non-blank byte decides when no content type is given. But
     a blank first byte can be protobuf's too (0x0a is field 1's tag: a first
-    ResourceSpans of 123 bytes reads ``\n{``): :func:`decode_record` tries protobuf when
-    such a body is not JSON.
+    ResourceSpans of 123 bytes starts 0x0a 0x7b, a blank then ``{``):
+    :func:`decode_record` tries protobuf when such a body is not JSON.
     """
     if content_type:
         ct = content_type.split(";")[0].strip().lower()

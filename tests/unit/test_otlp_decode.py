@@ -103,8 +103,9 @@ def test_invalid_utf8_in_a_string_is_a_decode_error(sample_request):
 
 def test_a_protobuf_record_that_starts_like_blank_then_json_is_still_protobuf():
     """0x0a is protobuf's tag for the first ResourceSpans: with 123 bytes in it, a
-    record reads ``\n{...`` and was taken for JSON when no content type says (an
-    OpenTelemetry Collector's records carry none). JSON with leading blanks still reads."""
+    record starts 0x0a 0x7b, a blank then ``{``, and was taken for JSON when no content
+    type says (an OpenTelemetry Collector's records carry none). JSON with leading
+    blanks still reads."""
     req = ExportTraceServiceRequest()
     rs = req.resource_spans.add()
     span = rs.scope_spans.add().spans.add(trace_id=b"\x01" * 16, span_id=b"\x02" * 8,
