@@ -32,7 +32,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 
 from pipeline import otlp
 from pipeline.traffic import emit as emit_mod
-from pipeline.traffic.offline import _Collect
+from pipeline.traffic.offline import RequestCollector
 from pipeline.traffic.plan import Options, plan
 
 
@@ -41,7 +41,7 @@ def generate(n_spans: int, batch: int) -> tuple[list[bytes], int]:
     calls = max(50, int(n_spans / 1.5))  # a plan makes ~1.55 spans per baseline call
     opts = Options(seed=5, calls=calls, start_time_ns=1_764_000_000 * 10**9)
     p = plan(opts)
-    sinks = {t: _Collect() for t in opts.tenants}
+    sinks = {t: RequestCollector() for t in opts.tenants}
     emit_mod.emit(p, sinks, max_rate=True, max_batch=batch)
     bodies, total = [], 0
     for body in (r for s in sinks.values() for r in s.requests):

@@ -17,7 +17,7 @@ from pipeline.traffic import emit as emit_mod
 from pipeline.traffic.plan import Options, plan
 
 
-class _Collect(SpanExporter):
+class RequestCollector(SpanExporter):
     """Keeps each export as the OTLP protobuf bytes an exporter would send."""
 
     def __init__(self) -> None:
@@ -39,7 +39,7 @@ def llm_calls_records(opts: Options, settings: Settings, partitions: int
     from pipeline.stream.normalise_stage import NormaliseStage
 
     p = plan(opts)
-    sinks = {t: _Collect() for t in opts.tenants}
+    sinks = {t: RequestCollector() for t in opts.tenants}
     emit_mod.emit(p, sinks, max_rate=True)
     stage = NormaliseStage(settings, partitions)
     records = []

@@ -14,7 +14,7 @@ from pipeline.stream.aggregate_stage import AggregateStage
 from pipeline.stream.handoff import Handoff
 from pipeline.stream.normalise_stage import NormaliseStage
 from pipeline.traffic import emit as emit_mod
-from pipeline.traffic.offline import _Collect
+from pipeline.traffic.offline import RequestCollector
 from pipeline.traffic.plan import Options, plan
 
 T0 = 1_764_000_000 * 10**9
@@ -23,7 +23,7 @@ T0 = 1_764_000_000 * 10**9
 def _requests(calls: int = 1500) -> list[tuple[str, bytes]]:
     opts = Options(seed=11, calls=calls, start_time_ns=T0, tenants=("acme", "globex"),
                    scenarios=("runaway-loop", "retry-storm", "unknown-model"))
-    sinks = {t: _Collect() for t in opts.tenants}
+    sinks = {t: RequestCollector() for t in opts.tenants}
     emit_mod.emit(plan(opts), sinks, max_rate=True)
     return [(t, r) for t, sink in sinks.items() for r in sink.requests]
 

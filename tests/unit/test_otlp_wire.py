@@ -23,7 +23,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 from pipeline import otlp, otlp_wire
-from pipeline.traffic.offline import _Collect
+from pipeline.traffic.offline import RequestCollector
 from schemas import spans as S
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
@@ -498,7 +498,7 @@ def _generated(**kw: Any) -> list[bytes]:
     from pipeline.traffic.plan import Options, plan
 
     opts = Options(start_time_ns=1_764_000_000 * 10**9, **kw)
-    sinks = {t: _Collect() for t in opts.tenants}
+    sinks = {t: RequestCollector() for t in opts.tenants}
     emit_mod.emit(plan(opts), sinks, max_rate=True, max_batch=128)
     return [r for s in sinks.values() for r in s.requests]
 
