@@ -153,10 +153,14 @@ def any_value(v: AnyValue) -> Any:
     return getattr(v, which)
 
 
+_ZERO_TRACE_ID, _ZERO_SPAN_ID = bytes(16), bytes(8)
+
+
 def _span_problem(span: Any) -> str | None:
-    if len(span.trace_id) != 16 or not any(span.trace_id):
+    trace_id, span_id = span.trace_id, span.span_id
+    if len(trace_id) != 16 or trace_id == _ZERO_TRACE_ID:
         return "trace_id must be 16 bytes, not all zero"
-    if len(span.span_id) != 8 or not any(span.span_id):
+    if len(span_id) != 8 or span_id == _ZERO_SPAN_ID:
         return "span_id must be 8 bytes, not all zero"
     if span.parent_span_id and len(span.parent_span_id) != 8:
         return "parent_span_id must be empty or 8 bytes"
@@ -166,6 +170,7 @@ def _span_problem(span: Any) -> str | None:
 
 
 _CONTENT_KEY: dict[str, bool] = {}
+_KIND_KEYS = frozenset(privacy.KIND_KEYS)
 
 
 def _is_content_key(key: str) -> bool:
@@ -189,7 +194,7 @@ def _scrub_attributes(attrs: Any, key: bytes) -> int:
         return 0
     content = {keys[i]: any_value(attrs[i].value) for i in idx}
     content.update({k: attrs[i].value.string_value for i, k in enumerate(keys)
-                    if k in privacy.KIND_KEYS})
+                    if k in _KIND_KEYS})
     present = set(keys)
     hashes = {k: v for k, v in privacy.content_hashes(key, _stringify(content)).items()
               if k not in present}
