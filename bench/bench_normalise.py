@@ -138,14 +138,7 @@ def main() -> None:
     settings, catalog, key = Settings(), pricing.load_catalog(), b"k" * 32
     otlp_wire.warm_up()        # as the stage does at start: kernels loaded, not timed
 
-    t = time.perf_counter()
-    for b in bodies:
-        ExportTraceServiceRequest().ParseFromString(b)
-    parse_s = time.perf_counter() - t
-
-    t = time.perf_counter()
-    batches = [otlp.decode_record(b) for b in bodies]
-    decode_s = time.perf_counter() - t
+    parse_s, batches, decode_s = parse_and_decode(bodies)
     calls = 0
     t = time.perf_counter()
     for spans in batches:
@@ -158,8 +151,7 @@ def main() -> None:
     tables = [col(spans, settings, catalog, key).calls for spans in batches]
     col_s = decode_s + time.perf_counter() - t
     # What the stage does: 8 records in one batch, each normalised as if alone.
-    groups = [batches[i:i + 8] for i in range(0, len(batches), 8)]
-    big = [(pa.concat_tables(g), [b.num_rows for b in g]) for g in groups]
+    big = by_eight(batches)
     t = time.perf_counter()
     tables8 = [col(spans, settings, catalog, key, records=sizes).calls for spans, sizes in big]
     col8_s = decode_s + time.perf_counter() - t
@@ -200,6 +192,24 @@ def main() -> None:
         sys.exit(1)
 
 
+def parse_and_decode(bodies: list[bytes]) -> tuple[float, list[pa.Table], float]:
+    """(seconds of ParseFromString of every body, their decoded batches, seconds of
+    ``decode_record``): the floor and the decoder on the same bytes."""
+    t = time.perf_counter()
+    for b in bodies:
+        ExportTraceServiceRequest().ParseFromString(b)
+    parse_s = time.perf_counter() - t
+    t = time.perf_counter()
+    batches = [otlp.decode_record(b) for b in bodies]
+    return parse_s, batches, time.perf_counter() - t
+
+
+def by_eight(batches: list[pa.Table]) -> list[tuple[pa.Table, list[int]]]:
+    """Eight records a batch, as the stage batches them: (spans, each record's size)."""
+    return [(pa.concat_tables(batches[i:i + 8]), [b.num_rows for b in batches[i:i + 8]])
+            for i in range(0, len(batches), 8)]
+
+
 class _Records(SpanExporter):
     """Keeps each export as the ``otlp_spans`` records the Kafka exporter would write."""
 
@@ -224,16 +234,9 @@ def generator_traffic(n_calls: int, settings: Settings, catalog: pricing.Catalog
     emit(plan(Options(seed=17, calls=n_calls, service_prefix="bench-", rate=100.0,
                       start_time_ns=time.time_ns())), {"default": sink}, max_rate=True)
     records = sink.records
-    t = time.perf_counter()
-    for r in records:
-        ExportTraceServiceRequest().ParseFromString(r)
-    parse_s = time.perf_counter() - t
-    t = time.perf_counter()
-    batches = [otlp.decode_record(r) for r in records]
-    decode_s = time.perf_counter() - t
+    parse_s, batches, decode_s = parse_and_decode(records)
     spans = sum(b.num_rows for b in batches)
-    groups = [(pa.concat_tables(batches[i:i + 8]), [b.num_rows for b in batches[i:i + 8]])
-              for i in range(0, len(batches), 8)]
+    groups = by_eight(batches)
     col = normalise_columnar.normalise
     col(*groups[0][:1], settings, catalog, key, records=groups[0][1])   # quotes cached
     t = time.perf_counter()
