@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -94,14 +95,19 @@ def receiver(env: dict[str, str]) -> Iterator[dict[str, str]]:
     http, grpc = free_port(), free_port()
     full = {**os.environ, "LLMSPEND_INGEST_HTTP_PORT": str(http),
             "LLMSPEND_INGEST_GRPC_PORT": str(grpc), **env}
+    # Its output goes to a file, never to a pipe nobody reads: with Kafka down the
+    # receiver logs every reconnect, and once a pipe's 64 KiB fill up its next log
+    # line blocks the whole event loop (a POST then hangs, as it did in CI).
+    log = tempfile.NamedTemporaryFile(prefix="llmspend-receiver-", suffix=".log")  # noqa: SIM115
     proc = subprocess.Popen([sys.executable, "-m", "pipeline", "ingest"], env=full,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                            stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{http}"
     try:
         deadline = time.monotonic() + 60
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"receiver exited: {proc.stdout.read().decode()[-2000:]}")
+                raise RuntimeError("receiver exited: "
+                                   + Path(log.name).read_bytes().decode()[-2000:])
             try:
                 urllib.request.urlopen(base + "/metrics", timeout=1).close()
                 break
@@ -109,13 +115,15 @@ def receiver(env: dict[str, str]) -> Iterator[dict[str, str]]:
                 if time.monotonic() > deadline:
                     raise RuntimeError("receiver did not start") from None
                 time.sleep(0.2)
-        yield {"http": base, "traces": base + "/v1/traces", "grpc": f"127.0.0.1:{grpc}"}
+        yield {"http": base, "traces": base + "/v1/traces", "grpc": f"127.0.0.1:{grpc}",
+               "log": log.name}
     finally:
         proc.terminate()
         try:
             proc.wait(timeout=20)
         except subprocess.TimeoutExpired:
             proc.kill()
+        log.close()
 
 
 @contextmanager
