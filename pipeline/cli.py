@@ -231,12 +231,11 @@ def topic_report(settings: Settings) -> list[str]:
 def ingest(ctx: click.Context) -> None:
     """Run the OTLP/HTTP and OTLP/gRPC receivers in the foreground."""
     import asyncio
-    import logging
 
+    from pipeline import logs
     from pipeline.ingest.server import ReceiverError, serve
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
-                                                   "%(message)s")
+    logs.configure()
     try:
         asyncio.run(serve(_settings(ctx)))
     except ReceiverError as exc:
@@ -261,12 +260,10 @@ def worker(ctx: click.Context, loglevel: str) -> None:
 def notify(ctx: click.Context) -> None:
     """Deliver llm_alerts to the configured targets (webhook, Slack, PagerDuty,
     Alertmanager) in the foreground; each target resumes where it stopped."""
-    import logging
-
+    from pipeline import logs
     from pipeline.notify import run
 
-    logging.basicConfig(level=logging.INFO,
-                        format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s")
+    logs.configure()
     run(_settings(ctx))
 
 

@@ -150,6 +150,13 @@ def run(settings: Settings, loglevel: str = "info") -> None:
     """Run until SIGTERM/SIGINT (Faust stops cleanly and commits processed offsets)."""
     import faust
 
+    from pipeline import logs
+
+    class Worker(faust.Worker):
+        def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+            super().on_setup_root_logger(logger, level)
+            logs.quiet_repeats(logger)   # Kafka down: one reconnect line per 30 s
+
     ready_file(settings).unlink(missing_ok=True)
     app = build(settings)
-    faust.Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
+    Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()

@@ -1,0 +1,83 @@
+"""The Kafka clients' retry chatter is collapsed; our own lines never are."""
+
+from __future__ import annotations
+
+import logging
+
+from pipeline.logs import RepeatFilter, quiet_repeats
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _record(name: str, msg: str, *args, level: int = logging.ERROR) -> logging.LogRecord:
+    return logging.LogRecord(name, level, __file__, 1, msg, args, None)
+
+
+def test_a_repeated_client_line_passes_once_per_period_and_counts_what_it_held():
+    clock = Clock()
+    f = RepeatFilter(every_s=30, clock=clock)
+    msg = "Unable connect to node with id %s: %s"
+    assert f.filter(_record("aiokafka", msg, 1, "refused"))
+    passed = []
+    for i in range(200):                      # 20 a second for 10 s
+        clock.t += 0.05
+        passed.append(f.filter(_record("aiokafka", msg, 1, f"port {i}")))
+    assert not any(passed)
+    clock.t = 30.0
+    again = _record("aiokafka", msg, 1, "refused")
+    assert f.filter(again)
+    assert again.getMessage() == ("Unable connect to node with id 1: refused "
+                                  "[200 alike held back in the last 30s]")
+    clock.t = 30.1
+    assert not f.filter(_record("aiokafka", msg, 1, "refused"))
+
+
+def test_our_own_lines_and_other_kinds_are_never_held_back():
+    f = RepeatFilter(every_s=30, clock=Clock())
+    for _ in range(5):
+        assert f.filter(_record("pipeline.ingest.core", "Kafka unavailable"))
+        assert f.filter(_record("kafkaesque", "not a client logger"))
+    assert f.filter(_record("kafka.cluster", "a"))
+    assert f.filter(_record("kafka.cluster", "b"))                 # another text
+    assert f.filter(_record("kafka.cluster", "a", level=logging.WARNING))  # another level
+    assert f.filter(_record("aiokafka.producer.sender", "a"))       # another logger
+    assert not f.filter(_record("kafka.cluster", "a"))
+
+
+def test_the_filter_remembers_a_bounded_number_of_kinds():
+    f = RepeatFilter(every_s=30, clock=Clock(), max_kinds=8)
+    for i in range(100):
+        assert f.filter(_record("kafka.net.connection", f"<conn {i}>: closed"))
+    assert len(f._kinds) == 8
+    assert not f.filter(_record("kafka.net.connection", "<conn 99>: closed"))
+
+
+def test_quiet_repeats_filters_child_loggers_through_the_root_handlers():
+    root = logging.getLogger("llmspend-test-root")
+    root.propagate = False
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append(record.getMessage())
+
+    handler = Keep()
+    root.addHandler(handler)
+    try:
+        quiet_repeats(root)
+        f = handler.filters[0]
+        assert isinstance(f, RepeatFilter)
+        f.prefixes = ("llmspend-test-root.aiokafka",)
+        child = logging.getLogger("llmspend-test-root.aiokafka.conn")
+        for _ in range(10):
+            child.error("Unable connect to node")
+        logging.getLogger("llmspend-test-root.pipeline").error("ours")
+        assert seen == ["Unable connect to node", "ours"]
+    finally:
+        root.removeHandler(handler)
