@@ -26,7 +26,7 @@ from typing import Any
 
 import orjson
 
-from pipeline import callbatch
+from pipeline import callbatch, stepclock
 from pipeline.aggregate import AggregateConfig, Checkpoint, PartitionAggregator, is_heartbeat
 from pipeline.clients import admin_client, group_offsets
 from pipeline.config import Settings
@@ -83,6 +83,7 @@ class AggregateStage:
         self.stored: dict[int, Checkpoint] = {}
         self.emit_points: dict[int, int] | None = None  # loaded once per assignment
         self.totals: Counter = Counter()
+        self.clock = stepclock.StepClock("aggregate")
 
     def reset(self, partitions: set[int]) -> None:
         """Forget revoked partitions: whoever gets them next replays from the committed
@@ -130,12 +131,14 @@ class AggregateStage:
         else:
             self.totals["bodies_parsed"] += 1
             try:
-                batch = callbatch.from_ndjson(value or b"")
+                with self.clock.step("parse"):
+                    batch = callbatch.from_ndjson(value or b"")
             except ValueError as exc:
                 log.error("unreadable llm_calls[%d]@%d: %s", partition, offset, exc)
                 self.totals["bad_records"] += 1
                 batch = callbatch.CallBatch.empty()
-        out = agg.add(batch, offset, timestamp_ms)
+        with self.clock.step("fold"):
+            out = agg.add(batch, offset, timestamp_ms)
         self.totals.update(out.stats)
         self.totals["partials_emitted"] += len(out.partials)
         self.positions[partition] = offset
@@ -194,11 +197,17 @@ def register(app, settings: Settings, handoff: Handoff | None = None) -> Aggrega
             p = m.partition
             if stage.emit_points is None:
                 stage.emit_points = await in_thread(points.load)
-            for rec in stage.process(p, m.offset, int(m.timestamp * 1000), event.value,
-                                     m.headers):
-                # The producer itself, not Topic.send: a tenth of the overhead per record.
-                sent.append(await app.producer.send(LLM_AGG_1M, rec["agg_id"].encode(),
-                                                    orjson.dumps(rec), None, None, None))
+            partials = stage.process(p, m.offset, int(m.timestamp * 1000), event.value,
+                                     m.headers)
+            # Suspends only when the producer's buffer is full: then "emit" also counts
+            # what other tasks ran meanwhile.
+            with stage.clock.step("emit"):
+                for rec in partials:
+                    # The producer itself, not Topic.send: a tenth of the overhead per
+                    # record.
+                    sent.append(await app.producer.send(LLM_AGG_1M, rec["agg_id"].encode(),
+                                                        orjson.dumps(rec), None, None,
+                                                        None))
             stage.pending.setdefault(p, deque()).append(event)
             cp = stage.new_checkpoint(p)
             if cp is not None:

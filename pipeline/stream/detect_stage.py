@@ -33,7 +33,7 @@ from typing import Any
 
 import orjson
 
-from pipeline import clients
+from pipeline import clients, stepclock
 from pipeline.aggregate import is_heartbeat
 from pipeline.alerts import latest_by_key
 from pipeline.anomaly import WindowDetector, WindowLimits
@@ -108,6 +108,7 @@ class SessionStage:
         self.limits = SessionLimits.from_settings(settings.detect)
         self.detectors: dict[int, SessionDetector] = {}
         self.totals: Counter = Counter()
+        self.clock = stepclock.StepClock("detect_sessions")
 
     def forget(self, partitions: set[int]) -> None:
         for p in partitions:
@@ -175,12 +176,14 @@ def register_sessions(app, settings: Settings) -> SessionStage:
             if is_heartbeat(headers, event.value):
                 rows, bad = [], 0
             else:
-                rows, bad = decode_rows(event.value)
+                with stage.clock.step("parse"):
+                    rows, bad = decode_rows(event.value)
             if bad:
                 stage.totals["bad_lines"] += bad
                 log.warning("llm_calls[%d]@%d: %d unreadable line(s) skipped", p,
                             m.offset, bad)
-            out = det.add(rows, int(m.timestamp * 1000))
+            with stage.clock.step("detect"):
+                out = det.add(rows, int(m.timestamp * 1000))
             stage.totals.update(out.stats)
             writes = []
             for key in out.changed:
@@ -221,6 +224,7 @@ class WindowStage:
         self.settings = settings
         self.detector = WindowDetector(WindowLimits.from_settings(settings.detect))
         self.totals: Counter = Counter()
+        self.clock = stepclock.StepClock("detect_windows")
         #: Set once the input consumer is positioned (the worker's readiness waits).
         self.positioned = asyncio.Event()
 
@@ -418,12 +422,14 @@ def register_windows(app, settings: Settings) -> WindowStage:
                         await send(budget_alerts)
                 now_ms = int(time.time() * 1000)
                 if replaying:
-                    stage.detector.add(partials, now_ms, judge=False)
+                    with stage.clock.step("detect"):
+                        stage.detector.add(partials, now_ms, judge=False)
                     if all([await consumer.position(tp) >= replay_until[tp] for tp in tps]):
                         replaying = False
                         stage.detector.skip_judged()
                     continue
-                alerts = stage.detector.add(partials, now_ms)
+                with stage.clock.step("detect"):
+                    alerts = stage.detector.add(partials, now_ms)
                 if alerts:
                     stage.totals["alerts"] += len(alerts)
                     await send(alerts)

@@ -21,7 +21,7 @@ import time
 from collections import Counter
 from typing import Any
 
-from pipeline import clients, lake
+from pipeline import clients, lake, stepclock
 from pipeline.config import Settings
 from pipeline.lake_fs import LocalFS
 from schemas import lake as L
@@ -64,6 +64,7 @@ class LakeSink:
         self.buffered_bytes = 0
         self.oldest: float | None = None
         self.stats: Counter = Counter()
+        self.clock = stepclock.StepClock("lake")
         self.ready = threading.Event()
         self._consumer: Any = None
         self._unresolved: list[Any] = []
@@ -95,7 +96,8 @@ class LakeSink:
         limit = self.settings.lake.flush_mb * 1024 * 1024
         try:
             while not stop.is_set():
-                batch = c.poll(timeout_ms=500, max_records=5000)
+                with self.clock.step("poll"):       # CPU only: waiting costs none
+                    batch = c.poll(timeout_ms=500, max_records=5000)
                 if self._unresolved:
                     for tp in self._unresolved:
                         # "latest" means from the sink's first start: record it in the
@@ -163,11 +165,13 @@ class LakeSink:
             topic, part = key
             ds = L.BY_TOPIC[topic]
             w = self.writers[key]
-            d = lake.decode(ds, recs)
+            with self.clock.step("decode"):
+                d = lake.decode(ds, recs)
             for p, o, why in d.bad:
                 log.warning("lake: rejected %s[%d]@%d: %s", topic, p, o, why)
             t0 = time.perf_counter()
-            w.flush(recs[0][1], recs[-1][1] + 1, lake.split(ds, d.table))
+            with self.clock.step("write"):
+                w.flush(recs[0][1], recs[-1][1] + 1, lake.split(ds, d.table))
             self.stats[f"{ds.name}_rows"] += d.table.num_rows
             self.stats[f"{ds.name}_rejected"] += len(d.bad)
             self.stats["flushes"] += 1

@@ -27,7 +27,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from pipeline import call_ids, callbatch, calls_ndjson, otlp, pricing
+from pipeline import call_ids, callbatch, calls_ndjson, otlp, pricing, stepclock
 from pipeline import normalise as ref
 from pipeline import normalise_columnar as columnar
 from pipeline.aggregate import HEARTBEAT_HEADER
@@ -78,6 +78,7 @@ class NormaliseStage:
         self.partitions = calls_partitions
         self.handoff = handoff        # the aggregate stage of this worker, if it runs
         self.totals: Counter = Counter()
+        self.clock = stepclock.StepClock("normalise")
 
     def process(self, value: bytes | None, headers: Any, partition: int,
                 offset: int) -> RecordResult:
@@ -98,12 +99,13 @@ class NormaliseStage:
     def _run(self, records: Sequence[Input]) -> BatchResult:
         result = BatchResult()
         decoded: list[tuple[int, pa.Table]] = []
-        for i, (value, headers, _, _) in enumerate(records):
-            try:
-                decoded.append((i, otlp.decode_record(value, _headers(headers))))
-            except otlp.DecodeError as exc:
-                result.dead_letters.append((i, f"decode: {exc}"))
-                result.stats["records_dead_lettered"] += 1
+        with self.clock.step("decode"):
+            for i, (value, headers, _, _) in enumerate(records):
+                try:
+                    decoded.append((i, otlp.decode_record(value, _headers(headers))))
+                except otlp.DecodeError as exc:
+                    result.dead_letters.append((i, f"decode: {exc}"))
+                    result.stats["records_dead_lettered"] += 1
         if not decoded:
             return result
         try:
@@ -128,16 +130,19 @@ class NormaliseStage:
             result.stats.update(out.stats)
             result.stats["records_in"] += tables
         if self.handoff is not None:
-            self._hand_off(routed)
+            with self.clock.step("handoff"):
+                self._hand_off(routed)
         return result
 
     def _convert(self, tables: list[pa.Table]
                  ) -> tuple[int, ref.NormaliseResult, list[tuple[int, bytes, pa.Table]]]:
         """Decoded records -> (how many, their calls, routed to ``llm_calls``)."""
-        spans = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
-        out = columnar.normalise(spans, self.settings, self.catalog, self.hash_key,
-                                 records=[t.num_rows for t in tables])
-        return len(tables), out, calls_ndjson.route_calls(out.calls, self.partitions)
+        with self.clock.step("normalise"):
+            spans = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+            out = columnar.normalise(spans, self.settings, self.catalog, self.hash_key,
+                                     records=[t.num_rows for t in tables])
+        with self.clock.step("route"):
+            return len(tables), out, calls_ndjson.route_calls(out.calls, self.partitions)
 
     def _hand_off(self, routed: list[tuple[int, bytes, pa.Table]]) -> None:
         """Leave each body's columns for this worker's aggregate stage, built once for

@@ -24,10 +24,9 @@ def build(settings: Settings):
     stages = settings.stream.stage_set
     # Both stages here: the aggregate takes the normaliser's columns, not re-parsing.
     handoff = Handoff() if {"normalise", "aggregate"} <= stages else None
-    if "normalise" in stages:
-        normalise_stage.register(app, settings,
-                                 heartbeats=bool(stages & {"aggregate", "detect"}),
-                                 handoff=handoff)
+    norm = normalise_stage.register(app, settings,
+                                    heartbeats=bool(stages & {"aggregate", "detect"}),
+                                    handoff=handoff) if "normalise" in stages else None
     agg = aggregate_stage.register(app, settings, handoff) if "aggregate" in stages \
         else None
     sessions = (detect_stage.register_sessions(app, settings) if "detect" in stages
@@ -38,7 +37,7 @@ def build(settings: Settings):
     if sink is not None and settings.jobs.every_s > 0:
         _schedule_jobs(app, settings)
     if settings.stream.metrics_port:
-        _serve_metrics(app, settings, agg, sessions, windows, sink)
+        _serve_metrics(app, settings, [norm, agg, sessions, windows, sink])
     marker = ready_file(settings)
 
     @app.on_rebalance_complete.connect
@@ -111,12 +110,16 @@ def _schedule_jobs(app, settings: Settings) -> None:
                  f", skipped: {r.compact.skipped}" if r.compact.skipped else "")
 
 
-def _serve_metrics(app, settings: Settings, agg, sessions, windows, sink) -> None:
+def _serve_metrics(app, settings: Settings, stages: list) -> None:
     """Prometheus /metrics of the worker (consumer lag, calls, dedup drops, late calls,
-    window emissions, detector counts), on its own small aiohttp server."""
+    window emissions, detector counts, CPU per stage step), on its own small aiohttp
+    server. ``stages``: normalise, aggregate, sessions, windows, lake (None if off)."""
     from aiohttp import web
 
+    from pipeline import stepclock
     from schemas.topics import LLM_CALLS
+
+    _norm, agg, sessions, windows, sink = stages
 
     async def metrics(_request):
         highwater = {}
@@ -129,7 +132,8 @@ def _serve_metrics(app, settings: Settings, agg, sessions, windows, sink) -> Non
         for stage in (sessions, windows, sink):
             if stage is not None:
                 text += "\n".join(stage.metrics()) + "\n"
-        return web.Response(text=text, content_type="text/plain")
+        text += "\n".join(stepclock.render(s.clock for s in stages if s is not None))
+        return web.Response(text=text + "\n", content_type="text/plain")
 
     @app.task
     async def _metrics_server() -> None:
