@@ -12,7 +12,10 @@ produced, and the worker is started again. Measures:
       to the last call's row in Parquet (the new files' row counts, then a DuckDB count
       of the bench's tenant), wall and per worker CPU-second;
   (r) baseline, same run: an aiokafka consumer reading the same ``otlp_spans`` records
-      and ``ExportTraceServiceRequest.ParseFromString`` on each (nothing else).
+      and ``ExportTraceServiceRequest.ParseFromString`` on each (nothing else);
+  and where the worker's CPU went: each stage step's CPU (the worker's own
+  ``llmspend_stage_cpu_seconds_total`` counters, pipeline/stepclock.py) over the drain,
+  in us a call and as a share of the worker's CPU.
 
 Prints both rates and the ratio (issue 11's targets: (e) >= 50 % of (r) and >= 50,000
 calls per worker core). ``--short`` (CI) uses a small traffic and checks only that the
@@ -27,16 +30,18 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline import clients
+from pipeline import clients, stepclock
 from pipeline.analytics import connect
 from pipeline.config import StreamSettings, load_settings
 from pipeline.ingest.exporter import KafkaSpanExporter
@@ -54,18 +59,36 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 class Worker:
     """One `llmspend worker` process of the bench's app id, state and lake."""
 
     def __init__(self, state: Path, app_id: str, stages: str) -> None:
         self.state = state
+        self.metrics_port = _free_port()
         self.env = {**os.environ, "LLMSPEND_STATE_DIR": str(state),
                     "LLMSPEND_STREAM_APP_ID": app_id, "LLMSPEND_HASH_KEY": HASH_KEY,
                     "LLMSPEND_STREAM_AUTO_OFFSET_RESET": "latest",
                     "LLMSPEND_STREAM_STAGES": stages,
-                    "LLMSPEND_STREAM_METRICS_PORT": "0", "LLMSPEND_LAKE_FLUSH_S": "1",
-                    "LLMSPEND_JOBS_EVERY_S": "0"}
+                    "LLMSPEND_STREAM_METRICS_PORT": str(self.metrics_port),
+                    "LLMSPEND_LAKE_FLUSH_S": "1", "LLMSPEND_JOBS_EVERY_S": "0"}
         self.proc: subprocess.Popen | None = None
+
+    def step_cpu(self) -> tuple[dict[tuple[str, str], float], float | None]:
+        """The worker's CPU seconds per stage step so far, and its process CPU."""
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        for _ in range(50):                  # the server starts with the worker
+            try:
+                with urllib.request.urlopen(url, timeout=5) as r:
+                    return stepclock.parse(r.read().decode())
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"no worker /metrics on {url}")
 
     def start(self) -> float:
         """Start and wait until its partitions are assigned; returns when (monotonic)."""
@@ -139,11 +162,13 @@ def lake_totals(lake: Path, tenant: str):
 
 
 def end_to_end(worker: Worker, lake: Path, tenant: str, calls: int
-               ) -> tuple[float, float, tuple]:
+               ) -> tuple[float, float, tuple, dict[tuple[str, str], float]]:
     """(e): start the worker on the backlog; (wall seconds, worker CPU seconds) until the
-    lake holds every call, and the lake's (count, cost)."""
+    lake holds every call, the lake's (count, cost), and the CPU seconds of each stage
+    step meanwhile."""
     t0 = worker.start()
     cpu0 = _cpu_s(worker.proc.pid)
+    steps0, _ = worker.step_cpu()
     deadline = t0 + 1800
     got: tuple = (0, None)
     files = FileRows(lake, tenant)
@@ -154,8 +179,29 @@ def end_to_end(worker: Worker, lake: Path, tenant: str, calls: int
                 break
         time.sleep(0.2)
     wall, cpu = time.monotonic() - t0, _cpu_s(worker.proc.pid) - cpu0
+    steps1, _ = worker.step_cpu()
     worker.stop()
-    return wall, cpu, got
+    return wall, cpu, got, {k: v - steps0.get(k, 0.0) for k, v in steps1.items()}
+
+
+def print_steps(steps: dict[tuple[str, str], float], cpu: float, calls: int) -> None:
+    """Where the worker's CPU went during the drain, step by step."""
+    print(f"where the worker's CPU went ({cpu:.2f} s, {cpu / calls * 1e6:.1f} us a call):")
+    for (stage, step), secs in sorted(steps.items(), key=lambda kv: -kv[1]):
+        print(f"    {stage + ' ' + step:28s}: {secs / calls * 1e6:7.2f} us a call, "
+              f"{secs / cpu:6.1%}")
+    rest = cpu - sum(steps.values())
+    print(f"    {'other (Faust, Kafka clients)':28s}: {rest / calls * 1e6:7.2f} us a call, "
+          f"{rest / cpu:6.1%}")
+
+
+def check_steps(steps: dict[tuple[str, str], float], cpu: float, stages: str) -> None:
+    """Short mode: every running stage clocked its steps, within the worker's CPU."""
+    clocked = {stage for stage, _ in steps}
+    expected = {"normalise", "aggregate", "lake"} & set(stages.split(","))
+    if not expected <= clocked or not 0 < sum(steps.values()) <= cpu * 1.05:
+        sys.exit(f"FAILED: stage clocks {sorted(steps)} sum to {sum(steps.values()):.3f} "
+                 f"s of a worker CPU of {cpu:.3f} s")
 
 
 def raw_loop(settings, start: dict, end: dict) -> tuple[float, int]:
@@ -219,7 +265,8 @@ def main() -> None:
         records = sum(end[p] - start[p] for p in start)
         print(f"traffic: {truth.calls:,} calls ({truth.spans_emitted:,} spans) in {records:,} "
               f"otlp_spans records, produced in {time.perf_counter() - t:.0f} s")
-        wall, cpu, (n, cost) = end_to_end(worker, state / "data", tenant, truth.calls)
+        wall, cpu, (n, cost), steps = end_to_end(worker, state / "data", tenant,
+                                                 truth.calls)
         if (n, cost) != (truth.calls, truth.list_cost_usd):
             sys.exit(f"FAILED: the lake holds {n} calls costing {cost} USD; the truth is "
                      f"{truth.calls} calls costing {truth.list_cost_usd} USD")
@@ -227,6 +274,7 @@ def main() -> None:
         raw_s, raw_spans = raw_loop(settings, start, end)
         if raw_spans < truth.spans_emitted:
             sys.exit(f"FAILED: the raw loop read {raw_spans} spans of {truth.spans_emitted}")
+        check_steps(steps, cpu, stages)
         if short:
             print("short mode: correctness only, no figures")
             return
@@ -236,6 +284,7 @@ def main() -> None:
         print(f"(r) raw aiokafka + ParseFromString   : {r:10,.0f} calls/s "
               f"({raw_spans / raw_s:,.0f} spans/s)")
         print(f"ratio (e)/(r): {e / r:.3f} (target >= 0.5)")
+        print_steps(steps, cpu, truth.calls)
 
 
 if __name__ == "__main__":
