@@ -65,16 +65,19 @@ class RepeatFilter(logging.Filter):
 
 
 def quiet_repeats(logger: logging.Logger | None = None,
-                  every_s: float = 30.0) -> RepeatFilter:
-    """Put one :class:`RepeatFilter` on every handler of ``logger`` (the root logger).
+                  every_s: float = 30.0) -> list[RepeatFilter]:
+    """Put a :class:`RepeatFilter` on each handler of ``logger`` (the root logger).
 
     On handlers, not on loggers: a logger's filter does not see its children's records.
+    One per handler: a shared one would let a line through the first handler and then
+    hold it back from the second as a repeat.
     """
     logger = logger or logging.getLogger()
-    f = RepeatFilter(every_s)
+    filters = []
     for h in logger.handlers:
-        h.addFilter(f)
-    return f
+        filters.append(RepeatFilter(every_s))
+        h.addFilter(filters[-1])
+    return filters
 
 
 def configure(level: int = logging.INFO) -> None:
