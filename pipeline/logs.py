@@ -45,6 +45,16 @@ class RepeatFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if not self._is_client(record.name):
             return True
+        # Decided once per record: every handler carrying this filter gets the same
+        # answer (and the message is annotated once).
+        decided = getattr(record, _DECIDED, None)
+        if decided is not None:
+            return decided
+        keep = self._decide(record)
+        setattr(record, _DECIDED, keep)
+        return keep
+
+    def _decide(self, record: logging.LogRecord) -> bool:
         kind = (record.name, record.levelno, str(record.msg))
         now = self.clock()
         with self._lock:
@@ -52,32 +62,31 @@ class RepeatFilter(logging.Filter):
             if seen is not None and now - seen[0] < self.every_s:
                 seen[1] += 1
                 return False
-            held = seen[1] if seen is not None else 0
             self._kinds[kind] = [now, 0]
             self._kinds.move_to_end(kind)
             while len(self._kinds) > self.max_kinds:
                 self._kinds.popitem(last=False)
-        if held:
-            record.msg = (f"{record.getMessage()} "
-                          f"[{held} alike held back in the last {self.every_s:g}s]")
+        if seen is not None and seen[1]:
+            record.msg = (f"{record.getMessage()} [{seen[1]} alike held back in the "
+                          f"last {now - seen[0]:.0f}s]")
             record.args = None
         return True
 
 
+_DECIDED = "llmspend_repeat_decision"
+
+
 def quiet_repeats(logger: logging.Logger | None = None,
-                  every_s: float = 30.0) -> list[RepeatFilter]:
-    """Put a :class:`RepeatFilter` on each handler of ``logger`` (the root logger).
+                  every_s: float = 30.0) -> RepeatFilter:
+    """Put one :class:`RepeatFilter` on every handler of ``logger`` (the root logger).
 
     On handlers, not on loggers: a logger's filter does not see its children's records.
-    One per handler: a shared one would let a line through the first handler and then
-    hold it back from the second as a repeat.
     """
     logger = logger or logging.getLogger()
-    filters = []
+    f = RepeatFilter(every_s)
     for h in logger.handlers:
-        filters.append(RepeatFilter(every_s))
-        h.addFilter(filters[-1])
-    return filters
+        h.addFilter(f)
+    return f
 
 
 def configure(level: int = logging.INFO) -> None:

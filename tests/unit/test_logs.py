@@ -36,6 +36,10 @@ def test_a_repeated_client_line_passes_once_per_period_and_counts_what_it_held()
                                   "[200 alike held back in the last 30s]")
     clock.t = 30.1
     assert not f.filter(_record("aiokafka", msg, 1, "refused"))
+    clock.t = 3600.0                          # quiet for an hour, then again
+    late = _record("aiokafka", msg, 1, "refused")
+    assert f.filter(late) and f.filter(late)  # one answer per record, asked twice
+    assert late.getMessage().endswith("[1 alike held back in the last 3570s]")
 
 
 def test_our_own_lines_and_other_kinds_are_never_held_back():
@@ -71,10 +75,10 @@ def test_quiet_repeats_filters_child_loggers_through_the_root_handlers():
     for h in handlers:
         root.addHandler(h)
     try:
-        filters = quiet_repeats(root)
-        assert [h.filters for h in handlers] == [[f] for f in filters]
-        for f in filters:
-            f.prefixes = ("llmspend-test-root.aiokafka",)
+        f = quiet_repeats(root)
+        assert isinstance(f, RepeatFilter)
+        assert all(h.filters == [f] for h in handlers)
+        f.prefixes = ("llmspend-test-root.aiokafka",)
         child = logging.getLogger("llmspend-test-root.aiokafka.conn")
         for _ in range(10):
             child.error("Unable connect to node")
