@@ -30,7 +30,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,11 +58,38 @@ class Decoded:
 Record = tuple[int, int, bytes | None]
 
 
-def decode(dataset: L.Dataset, records: list[Record]) -> Decoded:
+def decode(dataset: L.Dataset, records: list[Record],
+           held: Mapping[tuple[int, int], pa.Table] | None = None) -> Decoded:
     """Rows of ``records`` (one topic) in ``dataset.schema``. Empty values (heartbeats,
-    tombstones) hold no rows; a record that does not decode is rejected whole."""
+    tombstones) hold no rows; a record that does not decode is rejected whole.
+
+    ``held``: rows already known by (partition, offset), as the record's NDJSON would
+    parse (the normaliser's tables, pipeline/stream/handoff.py); those records are not
+    parsed again."""
     if dataset is L.ALERTS:
         return _decode_alerts(records)
+    if not held:
+        return _parse(dataset, records)
+    known = [(p, o, held[(p, o)]) for p, o, _v in records if (p, o) in held]
+    d = _parse(dataset, [r for r in records if (r[0], r[1]) not in held])
+    if known:
+        # Row order across records does not matter: split() sorts by time, then offset.
+        d.table = pa.concat_tables([d.table, *(_with_source(dataset, p, o, t)
+                                               for p, o, t in known)])
+    return d
+
+
+def _with_source(dataset: L.Dataset, partition: int, offset: int,
+                 rows: pa.Table) -> pa.Table:
+    """Held rows of one record in ``dataset.schema``: its columns, then where it came from."""
+    n = rows.num_rows
+    t = rows.select(dataset.record_schema.names).cast(dataset.record_schema)
+    return (t.append_column(L.SOURCE_FIELDS[0], pa.array(np.full(n, partition, np.int32)))
+            .append_column(L.SOURCE_FIELDS[1], pa.array(np.full(n, offset, np.int64))))
+
+
+def _parse(dataset: L.Dataset, records: list[Record]) -> Decoded:
+    """Rows of NDJSON records: all in one parse, or each alone to isolate a bad one."""
     live = [(p, o, v.strip()) for p, o, v in records if v and v.strip()]
     if not live:
         return Decoded(dataset.schema.empty_table())

@@ -21,9 +21,12 @@ import time
 from collections import Counter
 from typing import Any
 
+import pyarrow as pa
+
 from pipeline import clients, lake, stepclock
 from pipeline.config import Settings
 from pipeline.lake_fs import LocalFS
+from pipeline.stream.handoff import Handoff
 from schemas import lake as L
 
 log = logging.getLogger(__name__)
@@ -53,8 +56,12 @@ def _kill_hook() -> lake.Hook | None:
 class LakeSink:
     """Buffers, flushes and positions (module docstring)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, handoff: Handoff[pa.Table] | None = None) -> None:
         self.settings = settings
+        #: The normaliser's rows by ``llm_calls`` body, when it runs in this worker.
+        self.handoff = handoff
+        #: Rows taken from it for buffered records: (topic, partition) -> offset -> rows.
+        self.held: dict[tuple[str, int], dict[int, pa.Table]] = {}
         self.fs = LocalFS(settings.lake_dir)
         self.datasets = [L.DATASETS[n] for n in settings.lake.dataset_list]
         self.group = f"{settings.stream.app_id}-lake"
@@ -84,6 +91,7 @@ class LakeSink:
                 for tp in revoked:
                     sink.writers.pop((tp.topic, tp.partition), None)
                     sink.buffers.pop((tp.topic, tp.partition), None)
+                    sink.held.pop((tp.topic, tp.partition), None)
 
             def on_partitions_assigned(self, assigned):
                 sink.assign(assigned)
@@ -149,6 +157,12 @@ class LakeSink:
             records = [r for r in records if r[1] >= w.next_offset]
         if not records:
             return
+        if self.handoff is not None and topic == L.CALLS.topic:
+            held = self.held.setdefault((topic, partition), {})
+            for _p, o, v in records:
+                rows = self.handoff.take(v) if v else None
+                if rows is not None:
+                    held[o] = rows
         self.buffers.setdefault((topic, partition), []).extend(records)
         self.buffered_bytes += sum(len(r[2] or b"") for r in records)
         if self.oldest is None:
@@ -165,8 +179,10 @@ class LakeSink:
             topic, part = key
             ds = L.BY_TOPIC[topic]
             w = self.writers[key]
+            held = self.held.pop(key, {})
             with self.clock.step("decode"):
-                d = lake.decode(ds, recs)
+                d = lake.decode(ds, recs, {(part, o): t for o, t in held.items()})
+            self.stats[f"{ds.name}_records_handed_off"] += len(held)
             for p, o, why in d.bad:
                 log.warning("lake: rejected %s[%d]@%d: %s", topic, p, o, why)
             t0 = time.perf_counter()
@@ -197,6 +213,9 @@ class LakeSink:
         for ds in self.datasets:
             out.append(f'llmspend_lake_rejected_records_total{{dataset="{ds.name}"}} '
                        f'{self.stats[f"{ds.name}_rejected"]}')
+        out.append("# TYPE llmspend_lake_records_handed_off_total counter")
+        out.append(f'llmspend_lake_records_handed_off_total{{dataset="{L.CALLS.name}"}} '
+                   f'{self.stats[f"{L.CALLS.name}_records_handed_off"]}')
         out += ["# TYPE llmspend_lake_flushes_total counter",
                 f"llmspend_lake_flushes_total {self.stats['flushes']}",
                 "# TYPE llmspend_lake_buffered_bytes gauge",
@@ -204,9 +223,10 @@ class LakeSink:
         return out
 
 
-def register(app, settings: Settings) -> LakeSink:
-    """Run the sink in a thread of the worker, started and stopped with the app."""
-    sink = LakeSink(settings)
+def register(app, settings: Settings, handoff: Handoff | None = None) -> LakeSink:
+    """Run the sink in a thread of the worker, started and stopped with the app
+    (``handoff``: the normaliser's rows by body, pipeline/stream/handoff.py)."""
+    sink = LakeSink(settings, handoff)
     stop = threading.Event()
     thread = threading.Thread(target=_run_forever, args=(sink, stop), daemon=True,
                               name="llmspend-lake")
@@ -230,5 +250,6 @@ def _run_forever(sink: LakeSink, stop: threading.Event) -> None:
                           "from the lake's offsets)")
             sink.writers.clear()
             sink.buffers.clear()
+            sink.held.clear()
             sink.buffered_bytes, sink.oldest = 0, None
             stop.wait(5)

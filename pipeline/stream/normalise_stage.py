@@ -71,12 +71,14 @@ class NormaliseStage:
     """The stage's state (settings, catalog, key) around the pure core functions."""
 
     def __init__(self, settings: Settings, calls_partitions: int,
-                 handoff: Handoff | None = None) -> None:
+                 handoff: Handoff[callbatch.CallBatch] | None = None,
+                 lake_handoff: Handoff[pa.Table] | None = None) -> None:
         self.settings = settings
         self.catalog = pricing.load_catalog(settings.pricing.catalog)
         self.hash_key = settings.hash_key_bytes()
         self.partitions = calls_partitions
         self.handoff = handoff        # the aggregate stage of this worker, if it runs
+        self.lake_handoff = lake_handoff   # the lake sink of this worker, if it runs
         self.totals: Counter = Counter()
         self.clock = stepclock.StepClock("normalise")
 
@@ -132,6 +134,9 @@ class NormaliseStage:
         if self.handoff is not None:
             with self.clock.step("handoff"):
                 self._hand_off(routed)
+        if self.lake_handoff is not None:
+            for _, body, calls in routed:      # the rows as they are: nothing to build
+                self.lake_handoff.put(body, calls)
         return result
 
     def _convert(self, tables: list[pa.Table]
@@ -240,12 +245,14 @@ def calls_partitions(settings: Settings) -> int:
 
 
 def register(app, settings: Settings, heartbeats: bool = False,
-             handoff: Handoff | None = None) -> NormaliseStage:
+             handoff: Handoff | None = None,
+             lake_handoff: Handoff | None = None) -> NormaliseStage:
     """Add the normalise agent to a Faust app (and, for the aggregate stage, heartbeats
-    to quiet ``llm_calls`` partitions; ``handoff``: see pipeline/stream/handoff.py)."""
+    to quiet ``llm_calls`` partitions; ``handoff`` for the aggregate stage and
+    ``lake_handoff`` for the lake sink: see pipeline/stream/handoff.py)."""
     from pipeline import otlp_wire
 
-    stage = NormaliseStage(settings, calls_partitions(settings), handoff)
+    stage = NormaliseStage(settings, calls_partitions(settings), handoff, lake_handoff)
     log.info("OTLP wire decoder ready in %.1f s (native: %s)", otlp_wire.warm_up(),
              otlp_wire.NATIVE)
     calls_ndjson.warm_up()

@@ -24,16 +24,19 @@ def build(settings: Settings):
     stages = settings.stream.stage_set
     # Both stages here: the aggregate takes the normaliser's columns, not re-parsing.
     handoff = Handoff() if {"normalise", "aggregate"} <= stages else None
+    # And the lake sink takes its rows, not re-parsing the NDJSON either.
+    lake_handoff = Handoff() if {"normalise", "lake"} <= stages else None
     norm = normalise_stage.register(app, settings,
                                     heartbeats=bool(stages & {"aggregate", "detect"}),
-                                    handoff=handoff) if "normalise" in stages else None
+                                    handoff=handoff, lake_handoff=lake_handoff,
+                                    ) if "normalise" in stages else None
     agg = aggregate_stage.register(app, settings, handoff) if "aggregate" in stages \
         else None
     sessions = (detect_stage.register_sessions(app, settings) if "detect" in stages
                 else None)
     windows = (detect_stage.register_windows(app, settings) if "detect_windows" in stages
                else None)
-    sink = lake_stage.register(app, settings) if "lake" in stages else None
+    sink = lake_stage.register(app, settings, lake_handoff) if "lake" in stages else None
     if sink is not None and settings.jobs.every_s > 0:
         _schedule_jobs(app, settings)
     if settings.stream.metrics_port:
