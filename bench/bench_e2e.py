@@ -79,13 +79,14 @@ class Worker:
                     "LLMSPEND_LAKE_FLUSH_S": "1", "LLMSPEND_JOBS_EVERY_S": "0"}
         self.proc: subprocess.Popen | None = None
 
-    def step_cpu(self) -> tuple[dict[tuple[str, str], float], float | None]:
-        """The worker's CPU seconds per stage step so far, and its process CPU."""
+    def step_cpu(self) -> tuple[dict[tuple[str, str], float], dict[str, float]]:
+        """The worker's CPU seconds so far per stage step, and per thread."""
         url = f"http://127.0.0.1:{self.metrics_port}/metrics"
         for _ in range(50):                  # the server starts with the worker
             try:
                 with urllib.request.urlopen(url, timeout=5) as r:
-                    return stepclock.parse(r.read().decode())
+                    text = r.read().decode()
+                return stepclock.parse(text)[0], stepclock.parse_threads(text)
             except OSError:
                 time.sleep(0.1)
         raise RuntimeError(f"no worker /metrics on {url}")
@@ -162,13 +163,14 @@ def lake_totals(lake: Path, tenant: str):
 
 
 def end_to_end(worker: Worker, lake: Path, tenant: str, calls: int
-               ) -> tuple[float, float, tuple, dict[tuple[str, str], float]]:
+               ) -> tuple[float, float, tuple, dict[tuple[str, str], float],
+                          dict[str, float]]:
     """(e): start the worker on the backlog; (wall seconds, worker CPU seconds) until the
     lake holds every call, the lake's (count, cost), and the CPU seconds of each stage
-    step meanwhile."""
+    step and of each thread meanwhile."""
     t0 = worker.start()
     cpu0 = _cpu_s(worker.proc.pid)
-    steps0, _ = worker.step_cpu()
+    steps0, threads0 = worker.step_cpu()
     deadline = t0 + 1800
     got: tuple = (0, None)
     files = FileRows(lake, tenant)
@@ -179,20 +181,37 @@ def end_to_end(worker: Worker, lake: Path, tenant: str, calls: int
                 break
         time.sleep(0.2)
     wall, cpu = time.monotonic() - t0, _cpu_s(worker.proc.pid) - cpu0
-    steps1, _ = worker.step_cpu()
+    steps1, threads1 = worker.step_cpu()
     worker.stop()
-    return wall, cpu, got, {k: v - steps0.get(k, 0.0) for k, v in steps1.items()}
+    return (wall, cpu, got, {k: v - steps0.get(k, 0.0) for k, v in steps1.items()},
+            {k: v - threads0.get(k, 0.0) for k, v in threads1.items()})
 
 
-def print_steps(steps: dict[tuple[str, str], float], cpu: float, calls: int) -> None:
-    """Where the worker's CPU went during the drain, step by step."""
+#: The thread each stage's steps run on (the others run on Faust's event loop).
+STEP_THREADS = {"lake": "llmspend-lake"}
+
+
+def print_steps(steps: dict[tuple[str, str], float], threads: dict[str, float],
+                cpu: float, calls: int) -> None:
+    """Where the worker's CPU went during the drain, step by step, then thread by
+    thread (each thread's CPU outside the steps it runs: Faust, the Kafka clients)."""
+    def us(secs: float) -> str:
+        return f"{secs / calls * 1e6:7.2f} us a call, {secs / cpu:6.1%}"
+
     print(f"where the worker's CPU went ({cpu:.2f} s, {cpu / calls * 1e6:.1f} us a call):")
     for (stage, step), secs in sorted(steps.items(), key=lambda kv: -kv[1]):
-        print(f"    {stage + ' ' + step:28s}: {secs / calls * 1e6:7.2f} us a call, "
-              f"{secs / cpu:6.1%}")
+        print(f"    {stage + ' ' + step:36s}: {us(secs)}")
     rest = cpu - sum(steps.values())
-    print(f"    {'other (Faust, Kafka clients)':28s}: {rest / calls * 1e6:7.2f} us a call, "
-          f"{rest / cpu:6.1%}")
+    print(f"    {'outside the steps':36s}: {us(rest)}, of which by thread:")
+    in_steps: dict[str, float] = {}
+    for (stage, _step), secs in steps.items():
+        name = STEP_THREADS.get(stage, "MainThread")
+        in_steps[name] = in_steps.get(name, 0.0) + secs
+    for name, secs in sorted(threads.items(), key=lambda kv: -kv[1]):
+        if secs - in_steps.get(name, 0.0) > 0.0005 * cpu:
+            print(f"        {name:32s}: {us(secs - in_steps.get(name, 0.0))}")
+    print(f"        {'threads Python does not know':32s}: "
+          f"{us(max(cpu - sum(threads.values()), 0.0))}")
 
 
 def check_steps(steps: dict[tuple[str, str], float], cpu: float, stages: str) -> None:
@@ -265,8 +284,8 @@ def main() -> None:
         records = sum(end[p] - start[p] for p in start)
         print(f"traffic: {truth.calls:,} calls ({truth.spans_emitted:,} spans) in {records:,} "
               f"otlp_spans records, produced in {time.perf_counter() - t:.0f} s")
-        wall, cpu, (n, cost), steps = end_to_end(worker, state / "data", tenant,
-                                                 truth.calls)
+        wall, cpu, (n, cost), steps, threads = end_to_end(worker, state / "data", tenant,
+                                                          truth.calls)
         if (n, cost) != (truth.calls, truth.list_cost_usd):
             sys.exit(f"FAILED: the lake holds {n} calls costing {cost} USD; the truth is "
                      f"{truth.calls} calls costing {truth.list_cost_usd} USD")
@@ -284,7 +303,7 @@ def main() -> None:
         print(f"(r) raw aiokafka + ParseFromString   : {r:10,.0f} calls/s "
               f"({raw_spans / raw_s:,.0f} spans/s)")
         print(f"ratio (e)/(r): {e / r:.3f} (target >= 0.5)")
-        print_steps(steps, cpu, truth.calls)
+        print_steps(steps, threads, cpu, truth.calls)
 
 
 if __name__ == "__main__":

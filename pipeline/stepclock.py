@@ -11,6 +11,8 @@ another thread holding the GIL meanwhile does not inflate it.
 
 from __future__ import annotations
 
+import re
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -18,6 +20,7 @@ from contextlib import contextmanager
 
 METRIC = "llmspend_stage_cpu_seconds_total"
 PROCESS_METRIC = "llmspend_process_cpu_seconds_total"
+THREAD_METRIC = "llmspend_thread_cpu_seconds_total"
 
 
 class StepClock:
@@ -38,15 +41,55 @@ class StepClock:
             self.runs[name] += 1
 
 
+class ThreadClock:
+    """CPU seconds per thread name of this process (pool threads' numbers dropped, so
+    ``asyncio_0`` and ``asyncio_1`` add up as ``asyncio``). A thread that ended keeps
+    its last reading, so the totals only grow, as Prometheus counters must."""
+
+    def __init__(self) -> None:
+        self._last: dict[int, tuple[str, float]] = {}   # native id -> (name, seconds)
+        self._ended: Counter[str] = Counter()
+        self._lock = threading.Lock()
+
+    def seconds(self) -> dict[str, float]:
+        now: dict[int, tuple[str, float]] = {}
+        for t in threading.enumerate():
+            try:
+                secs = time.clock_gettime(time.pthread_getcpuclockid(t.ident))
+            except (AttributeError, OSError, TypeError, OverflowError):
+                continue        # not a POSIX thread clock here, or the thread just ended
+            now[t.native_id or t.ident] = (re.sub(r"[-_]\d+$", "", t.name), secs)
+        with self._lock:
+            for tid, (name, secs) in self._last.items():
+                if tid not in now:
+                    self._ended[name] += secs
+            self._last = now
+            out = Counter(self._ended)
+        for name, secs in now.values():
+            out[name] += secs
+        return dict(out)
+
+
+THREADS = ThreadClock()
+
+
 def render(clocks: Iterable[StepClock]) -> list[str]:
-    """Prometheus lines of the clocks, and the process's CPU to compare them with."""
+    """Prometheus lines of the clocks, and the process's and each thread's CPU to
+    compare them with."""
     out = [f"# TYPE {METRIC} counter"]
     for c in clocks:
         for name in sorted(c.seconds):
             out.append(f'{METRIC}{{stage="{c.stage}",step="{name}"}} {c.seconds[name]:.6f}')
     out += [f"# TYPE {PROCESS_METRIC} counter",
-            f"{PROCESS_METRIC} {time.process_time():.6f}"]
+            f"{PROCESS_METRIC} {time.process_time():.6f}",
+            f"# TYPE {THREAD_METRIC} counter"]
+    out += [f'{THREAD_METRIC}{{thread="{name}"}} {secs:.6f}'
+            for name, secs in sorted(THREADS.seconds().items())]
     return out
+
+
+def _labels(text: str) -> dict[str, str]:
+    return {k: v.strip('"') for k, v in (p.split("=", 1) for p in text.split(","))}
 
 
 def parse(text: str) -> tuple[dict[tuple[str, str], float], float | None]:
@@ -56,8 +99,18 @@ def parse(text: str) -> tuple[dict[tuple[str, str], float], float | None]:
     for line in text.splitlines():
         if line.startswith(METRIC + "{"):
             labels, _, value = line[len(METRIC) + 1:].rpartition("} ")
-            kv = dict(p.split("=", 1) for p in labels.split(","))
-            steps[(kv["stage"].strip('"'), kv["step"].strip('"'))] = float(value)
+            kv = _labels(labels)
+            steps[(kv["stage"], kv["step"])] = float(value)
         elif line.startswith(PROCESS_METRIC + " "):
             process = float(line.split()[1])
     return steps, process
+
+
+def parse_threads(text: str) -> dict[str, float]:
+    """CPU seconds by thread name from a ``/metrics`` page."""
+    out = {}
+    for line in text.splitlines():
+        if line.startswith(THREAD_METRIC + "{"):
+            labels, _, value = line[len(THREAD_METRIC) + 1:].rpartition("} ")
+            out[_labels(labels)["thread"]] = float(value)
+    return out

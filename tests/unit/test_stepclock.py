@@ -8,7 +8,7 @@ import time
 
 from pipeline import otlp, stepclock
 from pipeline.config import load_settings
-from pipeline.stepclock import StepClock
+from pipeline.stepclock import StepClock, ThreadClock
 from pipeline.stream.aggregate_stage import AggregateStage
 from pipeline.stream.handoff import Handoff
 from pipeline.stream.normalise_stage import NormaliseStage
@@ -74,3 +74,29 @@ def test_the_stages_clock_their_steps(tmp_path):
     assert set(agg.clock.runs) == {"parse", "fold"}
     assert agg.clock.runs["fold"] == sum(offsets)
     assert all(s > 0 for s in norm.clock.seconds.values())
+
+
+def test_threads_are_clocked_by_name_and_an_ended_one_keeps_its_reading():
+    clock = ThreadClock()
+    done = threading.Event()
+
+    def work() -> None:
+        _spin(0.1)
+        done.wait(30)
+
+    pool = [threading.Thread(target=work, name=f"llmspend-pool_{i}") for i in range(2)]
+    for t in pool:
+        t.start()
+    deadline = time.monotonic() + 30          # both spin 0.1 s of their own CPU
+    while clock.seconds().get("llmspend-pool", 0.0) < 0.2:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    during = clock.seconds()
+    assert "MainThread" in during and not any(n.startswith("llmspend-pool_") for n in during)
+    done.set()
+    for t in pool:
+        t.join()
+    after = clock.seconds()
+    assert after["llmspend-pool"] >= during["llmspend-pool"]   # counters never go down
+    lines = stepclock.render([])
+    assert stepclock.parse_threads("\n".join(lines))["MainThread"] > 0
