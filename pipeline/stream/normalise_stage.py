@@ -82,6 +82,14 @@ class NormaliseStage:
         self.totals: Counter = Counter()
         self.clock = stepclock.StepClock("normalise")
 
+    def metrics(self) -> list[str]:
+        """Prometheus lines: records in and dead-lettered, spans seen and skipped, calls
+        made, and why calls went unpriced."""
+        lines = ["# TYPE llmspend_normalise_events_total counter"]
+        lines += [f'llmspend_normalise_events_total{{kind="{k}"}} {v}'
+                  for k, v in sorted(self.totals.items())]
+        return lines
+
     def process(self, value: bytes | None, headers: Any, partition: int,
                 offset: int) -> RecordResult:
         """Decode, normalise and price one ``otlp_spans`` record; never raises."""

@@ -114,15 +114,16 @@ def _schedule_jobs(app, settings: Settings) -> None:
 
 
 def _serve_metrics(app, settings: Settings, stages: list) -> None:
-    """Prometheus /metrics of the worker (consumer lag, calls, dedup drops, late calls,
-    window emissions, detector counts, CPU per stage step), on its own small aiohttp
-    server. ``stages``: normalise, aggregate, sessions, windows, lake (None if off)."""
+    """Prometheus /metrics of the worker (records in and dead-lettered, consumer lag,
+    calls, dedup drops, late calls, window emissions, detector counts, CPU per stage
+    step and thread), on its own small aiohttp server. ``stages``: normalise,
+    aggregate, sessions, windows, lake (None if off)."""
     from aiohttp import web
 
     from pipeline import stepclock
     from schemas.topics import LLM_CALLS
 
-    _norm, agg, sessions, windows, sink = stages
+    norm, agg, sessions, windows, sink = stages
 
     async def metrics(_request):
         highwater = {}
@@ -132,7 +133,7 @@ def _serve_metrics(app, settings: Settings, stages: list) -> None:
                 if hw is not None:
                     highwater[tp.partition] = hw
         text = agg.metrics(highwater) if agg is not None else ""
-        for stage in (sessions, windows, sink):
+        for stage in (norm, sessions, windows, sink):
             if stage is not None:
                 text += "\n".join(stage.metrics()) + "\n"
         text += "\n".join(stepclock.render(s.clock for s in stages if s is not None))

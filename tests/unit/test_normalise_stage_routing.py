@@ -114,3 +114,13 @@ def test_spans_that_break_the_normaliser_lose_only_their_own_record(stage, monke
     lines = [json.loads(line) for _, body in res.outputs for line in body.splitlines()]
     assert len(lines) == 8 and {c["tenant"] for c in lines} == {"acme"}
     assert stage.totals["records_dead_lettered"] == 1 and stage.totals["records_in"] == 2
+
+
+def test_the_stage_counts_what_it_did_for_prometheus(stage):
+    stage.process(sample_request(5), [(otlp.TENANT_HEADER, b"acme")], 0, 1)
+    stage.process(b"\x00 not a request", [], 0, 2)
+    lines = stage.metrics()
+    assert lines[0] == "# TYPE llmspend_normalise_events_total counter"
+    counts = {ln.split('"')[1]: int(ln.rsplit(" ", 1)[1]) for ln in lines[1:]}
+    assert counts["records_in"] == 1 and counts["records_dead_lettered"] == 1
+    assert counts["llm_calls"] == 5
