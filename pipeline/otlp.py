@@ -170,7 +170,6 @@ def _span_problem(span: Any) -> str | None:
 
 
 _CONTENT_KEY: dict[str, bool] = {}
-_KIND_KEYS = frozenset(privacy.KIND_KEYS)
 
 
 def _is_content_key(key: str) -> bool:
@@ -194,7 +193,7 @@ def _scrub_attributes(attrs: Any, key: bytes) -> int:
         return 0
     content = {keys[i]: any_value(attrs[i].value) for i in idx}
     content.update({k: attrs[i].value.string_value for i, k in enumerate(keys)
-                    if k in _KIND_KEYS})
+                    if k in privacy.KIND_KEYS})
     present = set(keys)
     hashes = {k: v for k, v in privacy.content_hashes(key, _stringify(content)).items()
               if k not in present}

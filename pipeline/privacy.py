@@ -160,8 +160,10 @@ def input_messages(attrs: Mapping[str, Any]) -> list[tuple[str, Any]]:
 
 
 #: Span-kind attributes that tell a tool span's content apart from messages; callers
-#: pass them to :func:`content_hashes` beside the content attributes.
-KIND_KEYS = ("openinference.span.kind", "traceloop.span.kind", "gen_ai.operation.name")
+#: pass them to :func:`content_hashes` beside the content attributes (a set: the
+#: receiver tests every attribute key of every span against it).
+KIND_KEYS = frozenset(("openinference.span.kind", "traceloop.span.kind",
+                       "gen_ai.operation.name"))
 
 
 def _is_tool_span(attrs: Mapping[str, Any]) -> bool:
