@@ -45,6 +45,7 @@ from pipeline import clients, stepclock
 from pipeline.analytics import connect
 from pipeline.config import StreamSettings, load_settings
 from pipeline.ingest.exporter import KafkaSpanExporter
+from pipeline.stream import lake_stage
 from pipeline.traffic.generator import generate
 from pipeline.traffic.plan import Options
 from schemas import lake as L
@@ -188,7 +189,7 @@ def end_to_end(worker: Worker, lake: Path, tenant: str, calls: int
 
 
 #: The thread each stage's steps run on (the others run on Faust's event loop).
-STEP_THREADS = {"lake": "llmspend-lake"}
+STEP_THREADS = {"lake": lake_stage.THREAD_NAME}
 
 
 def print_steps(steps: dict[tuple[str, str], float], threads: dict[str, float],

@@ -88,29 +88,24 @@ def render(clocks: Iterable[StepClock]) -> list[str]:
     return out
 
 
-def _labels(text: str) -> dict[str, str]:
-    return {k: v.strip('"') for k, v in (p.split("=", 1) for p in text.split(","))}
+def _series(text: str, metric: str) -> Iterator[tuple[dict[str, str], float]]:
+    """(labels, value) of every sample of ``metric`` on a ``/metrics`` page."""
+    for line in text.splitlines():
+        if line.startswith(metric + "{"):
+            labels, _, value = line[len(metric) + 1:].rpartition("} ")
+            yield ({k: v.strip('"') for k, v in (p.split("=", 1) for p in labels.split(","))},
+                   float(value))
+        elif line.startswith(metric + " "):
+            yield {}, float(line.split()[1])
 
 
 def parse(text: str) -> tuple[dict[tuple[str, str], float], float | None]:
     """(seconds by (stage, step), process seconds) from a ``/metrics`` page."""
-    steps: dict[tuple[str, str], float] = {}
-    process = None
-    for line in text.splitlines():
-        if line.startswith(METRIC + "{"):
-            labels, _, value = line[len(METRIC) + 1:].rpartition("} ")
-            kv = _labels(labels)
-            steps[(kv["stage"], kv["step"])] = float(value)
-        elif line.startswith(PROCESS_METRIC + " "):
-            process = float(line.split()[1])
-    return steps, process
+    steps = {(kv["stage"], kv["step"]): v for kv, v in _series(text, METRIC)}
+    process = [v for _kv, v in _series(text, PROCESS_METRIC)]
+    return steps, process[-1] if process else None
 
 
 def parse_threads(text: str) -> dict[str, float]:
     """CPU seconds by thread name from a ``/metrics`` page."""
-    out = {}
-    for line in text.splitlines():
-        if line.startswith(THREAD_METRIC + "{"):
-            labels, _, value = line[len(THREAD_METRIC) + 1:].rpartition("} ")
-            out[_labels(labels)["thread"]] = float(value)
-    return out
+    return {kv["thread"]: v for kv, v in _series(text, THREAD_METRIC)}

@@ -31,6 +31,9 @@ from schemas import lake as L
 
 log = logging.getLogger(__name__)
 
+#: The sink's thread (its CPU is ``llmspend_thread_cpu_seconds_total{thread=...}``).
+THREAD_NAME = "llmspend-lake"
+
 #: Test hook: ``step[:n]`` kills the process (SIGKILL) at the n-th time (default 1) the
 #: flush protocol reaches ``step`` (temps, state, rename, renamed). Never set it in
 #: production.
@@ -229,7 +232,7 @@ def register(app, settings: Settings, handoff: Handoff | None = None) -> LakeSin
     sink = LakeSink(settings, handoff)
     stop = threading.Event()
     thread = threading.Thread(target=_run_forever, args=(sink, stop), daemon=True,
-                              name="llmspend-lake")
+                              name=THREAD_NAME)
 
     thread.start()
 
