@@ -69,7 +69,7 @@ class RepeatFilter(logging.Filter):
         if seen is not None and seen[1]:
             record.msg = (f"{record.getMessage()} [{seen[1]} alike held back in the "
                           f"last {now - seen[0]:.0f}s]")
-            record.args = None
+            record.args = ()   # not None: Faust's formatter turns None into (None,)
         return True
 
 

@@ -42,6 +42,24 @@ def test_a_repeated_client_line_passes_once_per_period_and_counts_what_it_held()
     assert late.getMessage().endswith("[1 alike held back in the last 3570s]")
 
 
+def test_an_annotated_line_still_formats_through_the_workers_formatter():
+    """Faust's formatter (mode's) wraps a record's args in a tuple when they are not
+    one; annotated lines must survive that (they did not: a logging error per line)."""
+    from mode.utils.logging import ExtensionFormatter
+
+    clock = Clock()
+    f = RepeatFilter(every_s=30, clock=clock)
+    msg = "Initializing connection for node_id %s at %s:%s (rack=%s) 100%%"
+    f.filter(_record("kafka.net.manager", msg, "bootstrap-0", "127.0.0.1", 9092, None))
+    f.filter(_record("kafka.net.manager", msg, "bootstrap-0", "127.0.0.1", 9092, None))
+    clock.t = 60.0
+    again = _record("kafka.net.manager", msg, "bootstrap-0", "127.0.0.1", 9092, None)
+    assert f.filter(again)
+    line = ExtensionFormatter(fmt="%(message)s").format(again)
+    assert line == ("Initializing connection for node_id bootstrap-0 at 127.0.0.1:9092 "
+                    "(rack=None) 100% [1 alike held back in the last 60s]")
+
+
 def test_our_own_lines_and_other_kinds_are_never_held_back():
     f = RepeatFilter(every_s=30, clock=Clock())
     for _ in range(5):
