@@ -4,6 +4,11 @@
 series and evaluates each minute once it is complete: when every source partition has
 shown a later window, or ``settle_s`` of wall time after the minute's first partial
 (late partials still join the series, for later baselines, but a minute is judged once).
+Completeness is per tenant: each tenant's minutes are judged on its own clock, so one
+tenant's live traffic (or a baseline re-read after a restart) never marks another
+tenant's backfilled minutes as already judged. A tenant silent for ``idle_s`` of wall
+time is judged on the wall clock (its quiet minutes count as 0, so its incidents
+resolve).
 
 **Spend anomaly**, per (tenant, service, team), on spend per minute (exact pico-USD):
 
@@ -65,6 +70,7 @@ class WindowLimits:
         "error_rate": (0.10, 0.30), "timeout_rate": (0.05, 0.20),
         "fallback_rate": (0.10, 0.30), "escalation_rate": (0.40, 0.0)})
     settle_s: float = 5.0
+    idle_s: float = 120.0
 
     @classmethod
     def from_settings(cls, d: Any) -> WindowLimits:
@@ -79,7 +85,7 @@ class WindowLimits:
                    quality_min_calls=d.quality_min_calls,
                    rates={name: (getattr(d, f"{name}_warn"), getattr(d, f"{name}_critical"))
                           for name, _ in RATES},
-                   settle_s=d.window_settle_s)
+                   settle_s=d.window_settle_s, idle_s=d.window_idle_s)
 
 
 def _median(xs: list[int]) -> float:
@@ -142,21 +148,36 @@ class _Key:
     calm: int = 0
 
 
+@dataclass
+class _Tenant:
+    """One tenant's series and its own minute clock. A tenant's minutes are complete by
+    its own partials, so another tenant's traffic (live, backfilled, or a baseline
+    re-read after a restart) never judges them early nor skips them."""
+
+    spend: dict[tuple, _Key] = field(default_factory=dict)
+    quality: dict[tuple, _Key] = field(default_factory=dict)
+    rates: dict[tuple, _Key] = field(default_factory=dict)     # (model, rate) streaks
+    partition_max: dict[int, int] = field(default_factory=dict)  # partition -> minute
+    first_arrival: dict[int, int] = field(default_factory=dict)  # minute -> wall ms
+    #: agg_id -> what it added (minute, keys, cost, counts), to replace re-emissions.
+    partials: dict[str, tuple] = field(default_factory=dict)
+    evaluated_through: int = -1
+    last_wall_ms: int = 0
+
+
 class WindowDetector:
     """Spend-anomaly and quality detectors over every ``llm_agg_1m`` partial."""
 
     def __init__(self, limits: WindowLimits | None = None) -> None:
         self.limits = limits or WindowLimits()
-        self.spend: dict[tuple, _Key] = {}
-        self.quality: dict[tuple, _Key] = {}
-        self.rate_state: dict[tuple, _Key] = {}       # (tenant, model, rate) streaks
+        self.tenants: dict[str, _Tenant] = {}
         self.incidents: dict[str, Incident] = {}
-        self.partition_max: dict[int, int] = {}        # source partition -> max window
-        self.first_arrival: dict[int, int] = {}        # minute -> wall ms
-        #: agg_id -> what it added (minute, keys, cost, counts), to replace re-emissions.
-        self.partials: dict[str, tuple] = {}
-        self.evaluated_through = -1
         self.stats: dict[str, int] = defaultdict(int)
+
+    def judged_through(self, tenant: str) -> int:
+        """The last minute (epoch ms) judged for a tenant; -1 before any."""
+        t = self.tenants.get(tenant)
+        return -1 if t is None else t.evaluated_through
 
     # ------------------------------------------------------------------ input
 
@@ -168,74 +189,108 @@ class WindowDetector:
             if p.get("view") != G.VIEW_GROUP:
                 continue
             minute = parse_rfc3339_us(p["window_start"]) // 1000
-            if minute <= self.evaluated_through and not p.get("late"):
-                self.stats["partials_after_verdict"] += 1
             tenant = p.get("tenant") or ""
+            t = self.tenants.get(tenant)
+            if t is None:
+                t = self.tenants[tenant] = _Tenant()
+            if minute <= t.evaluated_through and not p.get("late"):
+                self.stats["partials_after_verdict"] += 1
             sk = (tenant, p.get("service") or "", p.get("team") or "")
             qk = (tenant, p.get("model") or "")
             cost = pico(p.get("cost_usd"))
             nums = [int(p.get(name) or 0) for name in QUALITY_FIELDS]
             # A re-emitted partial (same agg_id) REPLACES its predecessor: take the
             # predecessor out before adding it, or stragglers would count twice.
-            old = self.partials.get(p.get("agg_id", ""))
+            old = t.partials.get(p.get("agg_id", ""))
             if old is not None:
                 self.stats["partials_replaced"] += 1
-                self._fold(*old, sign=-1)
-            self._fold(minute, sk, qk, cost, nums)
+                self._fold(t, *old, sign=-1)
+            self._fold(t, minute, sk, qk, cost, nums)
             if p.get("agg_id"):
-                self.partials[p["agg_id"]] = (minute, sk, qk, cost, nums)
+                t.partials[p["agg_id"]] = (minute, sk, qk, cost, nums)
             part = int(p.get("source_partition", -1))
-            self.partition_max[part] = max(self.partition_max.get(part, minute), minute)
-            self.first_arrival.setdefault(minute, wall_ms)
+            t.partition_max[part] = max(t.partition_max.get(part, minute), minute)
+            t.first_arrival.setdefault(minute, wall_ms)
+            t.last_wall_ms = max(t.last_wall_ms, wall_ms)
             self.stats["partials"] += 1
         return self.tick(wall_ms) if judge else []
 
-    def _fold(self, minute: int, sk: tuple, qk: tuple, cost: int, nums: list[int],
+    @staticmethod
+    def _fold(t: _Tenant, minute: int, sk: tuple, qk: tuple, cost: int, nums: list[int],
               sign: int = 1) -> None:
-        k = self.spend.setdefault(sk, _Key(minute))
+        k = t.spend.setdefault(sk, _Key(minute))
         k.first_minute = min(k.first_minute, minute)
         k.values[minute] = k.values.get(minute, 0) + sign * cost
-        q = self.quality.setdefault(qk, _Key(minute))
+        q = t.quality.setdefault(qk, _Key(minute))
         counts = q.values.setdefault(minute, [0] * len(QUALITY_FIELDS))
         for i, n in enumerate(nums):
             counts[i] += sign * n
 
     def skip_judged(self) -> None:
-        """After re-reading a baseline: every minute seen but the last counts as judged
-        (it was, before the restart), so nothing re-fires."""
-        if self.first_arrival:
-            self.evaluated_through = max(self.first_arrival) - MINUTE_MS
+        """After re-reading a baseline: every minute seen but a tenant's last counts as
+        judged (it was, before the restart), so nothing re-fires."""
+        for t in self.tenants.values():
+            if t.first_arrival:
+                t.evaluated_through = max(t.evaluated_through,
+                                          max(t.first_arrival) - MINUTE_MS)
 
     def tick(self, wall_ms: int) -> list[dict[str, Any]]:
-        """Judge every minute that is now complete (also called by a timer)."""
+        """Judge every minute that is now complete (also called by a timer).
+
+        A tenant's minute is complete once every source partition that carried the
+        tenant has shown a later minute of it, or ``settle_s`` of wall time after the
+        minute's first partial. A tenant that sent nothing for ``idle_s`` of wall time
+        is judged on the wall clock: its quiet minutes count as 0, so its incidents
+        still resolve and its memory is freed."""
         out: list[dict[str, Any]] = []
-        complete_before = min(self.partition_max.values(), default=-1)
         settle = int(self.limits.settle_s * 1000)
-        for minute in sorted(m for m in self.first_arrival if m > self.evaluated_through):
-            if not (minute < complete_before or wall_ms - self.first_arrival[minute]
-                    >= settle):
-                break
-            out += self.evaluate(minute)
-            self.evaluated_through = minute
-        horizon = self.evaluated_through - (self.limits.baseline_minutes + 2) * MINUTE_MS
-        for m in [m for m in self.first_arrival if m < horizon]:
-            del self.first_arrival[m]
-        for agg_id in [a for a, v in self.partials.items() if v[0] < horizon]:
-            del self.partials[agg_id]
+        for name, t in list(self.tenants.items()):
+            complete_before = min(t.partition_max.values(), default=-1)
+            for minute in sorted(m for m in t.first_arrival if m > t.evaluated_through):
+                if not (minute < complete_before
+                        or wall_ms - t.first_arrival[minute] >= settle):
+                    break
+                out += self.evaluate(name, minute)
+                t.evaluated_through = minute
+            idle_through = (wall_ms - int(self.limits.idle_s * 1000)) // MINUTE_MS \
+                * MINUTE_MS - MINUTE_MS
+            if wall_ms - t.last_wall_ms >= self.limits.idle_s * 1000 \
+                    and t.evaluated_through >= 0 \
+                    and not any(m > t.evaluated_through for m in t.first_arrival):
+                # Only the minutes any baseline or window still reads can change a
+                # verdict; past those, judging more quiet minutes changes nothing.
+                keep = self._keep_minutes() + self.limits.resolve_minutes + 1
+                start = max(t.evaluated_through + MINUTE_MS,
+                            idle_through - keep * MINUTE_MS)
+                for minute in range(start, idle_through + 1, MINUTE_MS):
+                    out += self.evaluate(name, minute)
+                    t.evaluated_through = minute
+            horizon = t.evaluated_through - (self.limits.baseline_minutes + 2) * MINUTE_MS
+            for m in [m for m in t.first_arrival if m < horizon]:
+                del t.first_arrival[m]
+            for agg_id in [a for a, v in t.partials.items() if v[0] < horizon]:
+                del t.partials[agg_id]
+            if not (t.spend or t.quality or t.first_arrival):
+                del self.tenants[name]     # nothing left to judge: memory freed
         return out
+
+    def _keep_minutes(self) -> int:
+        return max(self.limits.baseline_minutes, self.limits.quality_window_minutes) + 1
 
     # ------------------------------------------------------------------ verdicts
 
-    def evaluate(self, minute: int) -> list[dict[str, Any]]:
-        """The alert records of one complete minute."""
+    def evaluate(self, tenant: str, minute: int) -> list[dict[str, Any]]:
+        """The alert records of one complete minute of one tenant."""
+        t = self.tenants[tenant]
         self.stats["minutes_judged"] += 1
-        out = [r for key, k in list(self.spend.items())
-               if (r := self._spend(key, k, minute)) is not None]
-        out += [r for key, q in list(self.quality.items())
-                for r in self._quality(key, q, minute)]
+        out = [r for key, k in list(t.spend.items())
+               if (r := self._spend(t, key, k, minute)) is not None]
+        out += [r for key, q in list(t.quality.items())
+                for r in self._quality(t, key, q, minute)]
         return out
 
-    def _spend(self, key: tuple, k: _Key, minute: int) -> dict[str, Any] | None:
+    def _spend(self, t: _Tenant, key: tuple, k: _Key, minute: int
+               ) -> dict[str, Any] | None:
         lim = self.limits
         start = max(k.first_minute, minute - lim.baseline_minutes * MINUTE_MS)
         history = [k.values.get(m, 0) for m in range(start, minute, MINUTE_MS)
@@ -246,7 +301,7 @@ class WindowDetector:
         inc = self.incidents.get(dk)
         self._forget(k, minute)
         if not k.values and not (inc and inc.firing):
-            del self.spend[key]
+            del t.spend[key]
             return None
         if len(history) < lim.warmup_minutes:
             if inc is not None and inc.firing:
@@ -293,7 +348,8 @@ class WindowDetector:
                    f"{usd(int(med))} USD/min.")
         return inc.observe(level, "spend_anomaly", summary, ev, minute * 1000)
 
-    def _quality(self, key: tuple, q: _Key, minute: int) -> list[dict[str, Any]]:
+    def _quality(self, t: _Tenant, key: tuple, q: _Key, minute: int
+                 ) -> list[dict[str, Any]]:
         lim = self.limits
         window = range(minute - (lim.quality_window_minutes - 1) * MINUTE_MS,
                        minute + 1, MINUTE_MS)
@@ -310,7 +366,7 @@ class WindowDetector:
             dk = A.dedup_key(name, tenant, model)
             inc = self.incidents.get(dk)
             firing = inc is not None and inc.firing
-            st = self.rate_state.setdefault((tenant, model, name), _Key(minute))
+            st = t.rates.setdefault((model, name), _Key(minute))
             if level:
                 st.calm = 0
                 if inc is None:
@@ -338,13 +394,14 @@ class WindowDetector:
         if not q.values and not any(
                 (i := self.incidents.get(A.dedup_key(n, tenant, model))) and i.firing
                 for n, _ in RATES):
-            del self.quality[key]
+            del t.quality[key]
+            for n, _ in RATES:
+                t.rates.pop((model, n), None)
         return out
 
     def _forget(self, k: _Key, minute: int) -> None:
         """Drop minutes older than any baseline or quality window still needs."""
-        keep = max(self.limits.baseline_minutes, self.limits.quality_window_minutes) + 1
-        old = minute - keep * MINUTE_MS
+        old = minute - self._keep_minutes() * MINUTE_MS
         for m in [m for m in k.values if m < old]:
             del k.values[m]
         k.anomalous = {m for m in k.anomalous if m >= old}

@@ -270,6 +270,10 @@ class DetectSettings:
     #: A closed window is evaluated once a later window was seen, or this many wall
     #: seconds after its first partial arrived.
     window_settle_s: float = 5.0
+    #: A tenant with no partial for this many wall seconds is judged on the wall clock:
+    #: its quiet minutes count as 0 (so its incidents resolve); window detectors
+    #: otherwise follow each tenant's own event time.
+    window_idle_s: float = 120.0
     #: Pipeline health (checked by the ingest server): seconds of arriving spans with
     #: no committed progress before "stalled"; the window over which a growing lag
     #: fires, and the lag (records) below which it never does; seconds between checks.

@@ -66,11 +66,11 @@ def test_a_minute_waits_for_every_partition_or_the_settle_time():
     det = WindowDetector(WindowLimits(settle_s=5))
     det.add([partial(0, 1.0, part=0), partial(0, 1.0, part=1)], 0)
     det.add([partial(1, 1.0, part=0)], 1000)
-    assert det.evaluated_through == -1        # partition 1 has not moved past minute 0
+    assert det.judged_through("acme") == -1   # partition 1 has not moved past minute 0
     det.add([partial(1, 1.0, part=1)], 2000)
-    assert det.evaluated_through == M0
+    assert det.judged_through("acme") == M0
     det.tick(7000)                            # minute 1 settles by wall time
-    assert det.evaluated_through == M0 + MINUTE_MS
+    assert det.judged_through("acme") == M0 + MINUTE_MS
 
 
 def test_error_rate_uses_a_wilson_bound_and_a_minimum_of_calls():
@@ -94,5 +94,51 @@ def test_a_re_emitted_partial_replaces_its_predecessor():
     first = {**partial(0, 1.0), "agg_id": "a"}
     again = {**partial(0, 1.5), "agg_id": "a"}       # the same partial, with a straggler
     det.add([first, {**partial(0, 2.0), "agg_id": "b"}, again], 0, judge=False)
-    assert det.spend[("acme", "svc", "t")].values[M0] == 3_500_000_000_000
-    assert det.quality[("acme", "gpt-4o")].values[M0][0] == 200
+    assert det.tenants["acme"].spend[("acme", "svc", "t")].values[M0] == 3_500_000_000_000
+    assert det.tenants["acme"].quality[("acme", "gpt-4o")].values[M0][0] == 200
+
+
+def of(tenant: str, p: dict) -> dict:
+    return {**p, "tenant": tenant}
+
+
+def test_a_backfilling_tenant_is_judged_on_its_own_clock():
+    """Another tenant's later minutes (here: a baseline re-read after a restart) neither
+    skip nor hurry a tenant that sends the last 40 minutes at once."""
+    det = WindowDetector()
+    det.add([of("live", partial(m, 1.0)) for m in range(41)], 0, judge=False)
+    det.skip_judged()
+    assert det.judged_through("live") == M0 + 39 * MINUTE_MS
+    alerts = []
+    for m, cost in enumerate(noisy(20, 1.0) + noisy(20, 3.5, seed=2)):
+        alerts += det.add([partial(m, cost)], 1000)
+    alerts += det.tick(10 ** 12)
+    assert {a["dedup_key"] for a in alerts} == {"spend_anomaly/acme/svc/t"}
+    assert det.stats["partials_after_verdict"] == 0
+    assert det.stats["minutes_judged"] >= 39
+
+
+def test_partitions_of_one_tenant_do_not_complete_another_tenants_minute():
+    det = WindowDetector(WindowLimits(settle_s=5))
+    det.add([of("a", partial(0, 1.0, part=0)), of("a", partial(0, 1.0, part=1)),
+             of("b", partial(0, 1.0, part=0))], 0)
+    det.add([of("a", partial(1, 1.0, part=0)), of("b", partial(1, 1.0, part=0))], 1000)
+    assert det.judged_through("a") == -1      # a's partition 1 is still at minute 0
+    assert det.judged_through("b") == M0      # b only ever came from partition 0
+
+
+def test_a_tenant_that_goes_silent_resolves_on_the_wall_clock_and_is_forgotten():
+    lim = WindowLimits(idle_s=120)
+    det = WindowDetector(lim)
+    series = noisy(20, 1.0) + noisy(5, 3.5, seed=2)
+    alerts = []
+    wall = M0 + MINUTE_MS + 40_000             # partials land 40 s after their minute
+    for m, cost in enumerate(series):
+        alerts += det.add([partial(m, cost)], wall + m * MINUTE_MS)
+    assert alerts and alerts[-1]["state"] == "firing"
+    last = wall + (len(series) - 1) * MINUTE_MS
+    assert det.tick(last + 119_000) == []      # not idle yet
+    quiet = det.tick(last + 121_000 + 10 * MINUTE_MS)
+    assert [a["state"] for a in quiet] == ["resolved"]
+    det.tick(last + 121_000 + 60 * MINUTE_MS)
+    assert "acme" not in det.tenants           # nothing left to judge: memory freed
