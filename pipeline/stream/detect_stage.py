@@ -10,10 +10,11 @@
   uncommitted records onto state that already holds them, and ``call_id`` dedup makes
   that a no-op; no incident re-fires, none is lost.
 * **Windows** (``detect_windows``): a task reading EVERY ``llm_agg_1m`` partition (no
-  consumer group: a key's partials come from all partitions) into one
-  :class:`pipeline.anomaly.WindowDetector`. On start it recovers its incidents from
-  ``llm_alerts`` (the latest record of each dedup_key) and, with
-  ``stream.auto_offset_reset = earliest``, re-reads the last baseline's worth of
+  consumer group: a key's partials come from all partitions), merged in write order
+  by :class:`pipeline.timealign.TimeAligner` (a partition's backlog never runs ahead
+  of the others), into one :class:`pipeline.anomaly.WindowDetector`. On start it
+  recovers its incidents from ``llm_alerts`` (the latest record of each dedup_key) and,
+  with ``stream.auto_offset_reset = earliest``, re-reads the last baseline's worth of
   partials (judging only minutes completed after the start). Run it on one worker.
 
 Latency budget of the alert path (see bench/bench_detect.py): ingest produce (linger
@@ -40,6 +41,7 @@ from pipeline.anomaly import WindowDetector, WindowLimits
 from pipeline.budget import BookConfig, BudgetBook, parse_budgets, unit_targets
 from pipeline.config import Settings
 from pipeline.detect import SessionDetector, SessionLimits
+from pipeline.timealign import TimeAligner
 from pipeline.topics import TopicSpec, ensure_topics
 from pipeline.verdict import control_from_alert
 from schemas.topics import LLM_AGG_1M, LLM_ALERTS, LLM_CALLS, LLM_CONTROLS
@@ -227,13 +229,28 @@ class WindowStage:
         self.clock = stepclock.StepClock("detect_windows")
         #: Set once the input consumer is positioned (the worker's readiness waits).
         self.positioned = asyncio.Event()
+        self.aligner: TimeAligner | None = None
 
     def metrics(self) -> list[str]:
         lines = ["# TYPE llmspend_detect_window_events_total counter"]
         merged = Counter(self.totals) + Counter(self.detector.stats)
+        if self.aligner is not None:
+            merged += Counter({f"aligned_{k}": v for k, v in self.aligner.stats.items()})
         for name, value in sorted(merged.items()):
             lines.append(f'llmspend_detect_window_events_total{{kind="{name}"}} {value}')
+        lines.append("# TYPE llmspend_detect_window_held_partials gauge")
+        lines.append(f"llmspend_detect_window_held_partials "
+                     f"{0 if self.aligner is None else len(self.aligner)}")
+        lines.append("# TYPE llmspend_detect_window_lag_seconds gauge")
+        lines.append(f"llmspend_detect_window_lag_seconds "
+                     f"{self._lag_s():.3f}")
         return lines
+
+    def _lag_s(self) -> float:
+        """Wall time minus the time every llm_agg_1m partition is read through."""
+        if self.aligner is None or not self.aligner.clock_ms:
+            return 0.0
+        return max(0.0, time.time() - self.aligner.clock_ms / 1000)
 
 
 class BudgetStore:
@@ -401,18 +418,22 @@ def register_windows(app, settings: Settings) -> WindowStage:
                      ", re-reading the baseline" if replaying else "")
             if budgets is not None:
                 await loop.run_in_executor(pool, budgets.load)
+            aligner = TimeAligner()
+            stage.aligner = aligner
             while True:
                 batches = await consumer.getmany(timeout_ms=200, max_records=5000)
-                partials = []
-                for records in batches.values():
+                for tp, records in batches.items():
+                    rows = []
                     for r in records:
                         try:
-                            partials.append(orjson.loads(r.value))
+                            partial = orjson.loads(r.value)
                         except (orjson.JSONDecodeError, TypeError):
                             stage.totals["bad_records"] += 1
                             continue
+                        rows.append((r.timestamp, partial))
                         if budgets is not None:
-                            budgets.offer(r.partition, r.offset, partials[-1])
+                            budgets.offer(r.partition, r.offset, partial)
+                    aligner.offer(tp.partition, rows)
                 if budgets is not None and budgets.dirty:
                     # State first (a restart never re-counts nor re-alerts), then alerts.
                     budget_alerts = budgets.fold()
@@ -420,16 +441,25 @@ def register_windows(app, settings: Settings) -> WindowStage:
                     if budget_alerts:
                         stage.totals["budget_alerts"] += len(budget_alerts)
                         await send(budget_alerts)
-                now_ms = int(time.time() * 1000)
+                # Partials in the order they were written across partitions, and the
+                # time every partition is read through (pipeline/timealign.py).
+                polled = {}
+                for tp in tps:
+                    hw, at = consumer.highwater(tp), consumer.last_poll_timestamp(tp)
+                    caught_up = hw is not None and at is not None \
+                        and await consumer.position(tp) >= hw
+                    polled[tp.partition] = at if caught_up else None
+                partials, clock_ms = aligner.release(int(time.time() * 1000), polled,
+                                                     everything=replaying)
                 if replaying:
                     with stage.clock.step("detect"):
-                        stage.detector.add(partials, now_ms, judge=False)
+                        stage.detector.add(partials, clock_ms, judge=False)
                     if all([await consumer.position(tp) >= replay_until[tp] for tp in tps]):
                         replaying = False
                         stage.detector.skip_judged()
                     continue
                 with stage.clock.step("detect"):
-                    alerts = stage.detector.add(partials, now_ms)
+                    alerts = stage.detector.add(partials, clock_ms)
                 if alerts:
                     stage.totals["alerts"] += len(alerts)
                     await send(alerts)
