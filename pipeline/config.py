@@ -172,7 +172,8 @@ class StreamSettings:
     #: Stages the worker runs, comma-separated: ``normalise``, ``aggregate``,
     #: ``detect`` (session detectors, partitioned), ``detect_windows`` (detectors on
     #: closed windows; they read every llm_agg_1m partition, so run them on ONE worker)
-    #: and ``lake`` (the Parquet sink).
+    #: and ``lake`` (the Parquet sink). detect_windows and lake need one of the first
+    #: three beside them (they start on its consumer group's first rebalance).
     stages: str = "normalise,aggregate,detect,detect_windows,lake"
 
     @property
@@ -549,6 +550,12 @@ def _validate(s: Settings) -> None:
                                     "lake"}
     if unknown:
         raise ConfigError(f"stream.stages: unknown stage(s) {', '.join(sorted(unknown))}")
+    if s.stream.stage_set and not s.stream.stage_set & {"normalise", "aggregate", "detect"}:
+        # detect_windows and lake keep their own consumers and start on the Faust app's
+        # first rebalance; a Faust app with no agent subscribes to nothing and crashes.
+        raise ConfigError("stream.stages: detect_windows and lake run beside at least "
+                          "one of normalise, aggregate, detect (got "
+                          f"{', '.join(sorted(s.stream.stage_set))})")
     a = s.aggregate
     if a.window_s <= 0 or a.allowed_lateness_s < 0 or a.close_grace_s < 0:
         raise ConfigError("aggregate: window_s must be > 0, lateness and grace >= 0")

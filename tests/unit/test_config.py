@@ -64,6 +64,10 @@ def test_missing_config_file_named_by_env_is_an_error(tmp_path):
     ({"LLMSPEND_BUDGETS_LIMITS": '{"team:acme": {"daily": "1"}}'}, "budgets.limits"),
     ({"LLMSPEND_BUDGETS_UNIT_COSTS": '{"acme": "0.05"}'}, "budgets.unit_costs"),
     ({"LLMSPEND_BUDGETS_UNIT_MIN_UNITS": "0"}, "unit_min_units"),
+    ({"LLMSPEND_STREAM_STAGES": "normalise,sink"}, "unknown stage"),
+    # A Faust app with no agent subscribes to nothing and crashed at start.
+    ({"LLMSPEND_STREAM_STAGES": "lake"}, "run beside at least one of"),
+    ({"LLMSPEND_STREAM_STAGES": "detect_windows,lake"}, "run beside at least one of"),
 ])
 def test_bad_values_raise_config_error_naming_the_setting(env, message, tmp_path,
                                                           monkeypatch):
