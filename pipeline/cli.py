@@ -17,6 +17,7 @@ from jobs.journal import JobError
 from pipeline import broker, services, topics
 from pipeline.config import ConfigError, Settings, describe, load_settings
 from schemas import alerts as A
+from schemas.topics import DEAD_LETTERS, OTLP_SPANS_DLQ
 
 EXPECTED_ERRORS: tuple[type[Exception], ...] = (
     ConfigError, broker.BrokerError, topics.TopicSpecError, services.ServiceError, JobError)
@@ -269,22 +270,25 @@ def notify(ctx: click.Context) -> None:
 
 @main.group()
 def dlq() -> None:
-    """The dead-letter topic otlp_spans.dlq: records that could not be decoded."""
+    """The dead-letter topics: otlp_spans.dlq (span batches that could not be decoded)
+    and lake.dlq (records the lake sink could not land)."""
 
 
 @dlq.command("list")
 @click.option("--limit", default=20, show_default=True, help="Show the last N records.")
+@click.option("--topic", type=click.Choice(list(DEAD_LETTERS)), default=OTLP_SPANS_DLQ,
+              show_default=True, help="Which dead-letter topic.")
 @click.pass_context
 @_expected_errors
-def dlq_list(ctx: click.Context, limit: int) -> None:
+def dlq_list(ctx: click.Context, limit: int, topic: str) -> None:
     """Show dead letters: where they came from and why they failed."""
     import datetime as dt
 
     from pipeline.dlq import list_dead_letters
 
-    total, entries = list_dead_letters(_settings(ctx.find_root()), limit)
-    click.echo(f"{total} record(s) in otlp_spans.dlq" + (f", last {len(entries)}:"
-                                                          if entries else ""))
+    total, entries = list_dead_letters(_settings(ctx.find_root()), limit, topic=topic)
+    click.echo(f"{total} record(s) in {topic}" + (f", last {len(entries)}:"
+                                                   if entries else ""))
     for e in entries:
         when = dt.datetime.fromtimestamp(e.timestamp_ms / 1000, dt.UTC).isoformat(
             timespec="seconds")

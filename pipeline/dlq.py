@@ -1,10 +1,14 @@
-"""The dead-letter topic ``otlp_spans.dlq``: records no stage could decode, with why.
+"""The dead-letter topics: records a stage could not take, with why.
 
-A stage that cannot decode a record sends it here unchanged, with the headers
-``llmspend-error`` (the reason), ``llmspend-source-partition`` and
+``otlp_spans.dlq`` holds span batches the normaliser could not decode; ``lake.dlq`` the
+``llm_calls``, ``llm_agg_1m`` and ``llm_alerts`` records the lake sink could not land.
+A stage sends such a record there unchanged, with the headers ``llmspend-error`` (the
+reason), ``llmspend-source-topic``, ``llmspend-source-partition`` and
 ``llmspend-source-offset``, and carries on. ``llmspend dlq list`` shows what is there;
-``llmspend dlq replay`` sends records back to ``otlp_spans`` after a fix, remembering
-(in the consumer group ``llmspend-dlq-replay``) what it already replayed.
+``llmspend dlq replay`` sends ``otlp_spans.dlq`` records back to ``otlp_spans`` after a
+fix, remembering (in the consumer group ``llmspend-dlq-replay``) what it already
+replayed. Lake dead letters are not replayed upstream (the aggregates would count them
+twice); they are kept for a week for whoever fixes the producer.
 """
 
 from __future__ import annotations
@@ -13,23 +17,27 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from pipeline.config import Settings
-from schemas.topics import OTLP_SPANS, OTLP_SPANS_DLQ
+from schemas.topics import DEAD_LETTERS, OTLP_SPANS, OTLP_SPANS_DLQ
 
 ERROR_HEADER = "llmspend-error"
+SOURCE_TOPIC_HEADER = "llmspend-source-topic"
 SOURCE_PARTITION_HEADER = "llmspend-source-partition"
 SOURCE_OFFSET_HEADER = "llmspend-source-offset"
 REPLAYED_HEADER = "llmspend-replayed-from"
 REPLAY_GROUP = "llmspend-dlq-replay"
-_OURS = (ERROR_HEADER, SOURCE_PARTITION_HEADER, SOURCE_OFFSET_HEADER, REPLAYED_HEADER)
+_OURS = (ERROR_HEADER, SOURCE_TOPIC_HEADER, SOURCE_PARTITION_HEADER, SOURCE_OFFSET_HEADER,
+         REPLAYED_HEADER)
 MAX_REASON = 1000
 
 
 def dlq_headers(reason: str, partition: int, offset: int,
-                original: Iterable[tuple[str, bytes]] | None = None) -> list[tuple[str, bytes]]:
+                original: Iterable[tuple[str, bytes]] | None = None,
+                topic: str = OTLP_SPANS) -> list[tuple[str, bytes]]:
     """Headers of a dead letter: the original ones (tenant...) plus why and where from."""
     kept = [(k, v) for k, v in (original or []) if k not in _OURS]
     return [*kept,
             (ERROR_HEADER, reason[:MAX_REASON].encode("utf-8", "replace")),
+            (SOURCE_TOPIC_HEADER, topic.encode()),
             (SOURCE_PARTITION_HEADER, str(partition).encode()),
             (SOURCE_OFFSET_HEADER, str(offset).encode())]
 
@@ -47,25 +55,30 @@ class DeadLetter:
 
 def _entry(r) -> DeadLetter:
     h = {k: v for k, v in (r.headers or [])}
-    src = (f"{OTLP_SPANS}[{h.get(SOURCE_PARTITION_HEADER, b'?').decode()}]"
+    topic = h.get(SOURCE_TOPIC_HEADER, OTLP_SPANS.encode()).decode("utf-8", "replace")
+    src = (f"{topic}[{h.get(SOURCE_PARTITION_HEADER, b'?').decode()}]"
            f"@{h.get(SOURCE_OFFSET_HEADER, b'?').decode()}")
     return DeadLetter(partition=r.partition, offset=r.offset, timestamp_ms=r.timestamp,
                       size=len(r.value or b""),
                       error=h.get(ERROR_HEADER, b"").decode("utf-8", "replace"),
                       source=src,
-                      tenant=h.get("llmspend-tenant", b"default").decode("utf-8", "replace"))
+                      tenant=h.get("llmspend-tenant", b"default" if topic == OTLP_SPANS
+                                   else b"-").decode("utf-8", "replace"))
 
 
-def _read_all(settings: Settings, from_committed: bool):
-    """Every DLQ record (or those after the replay group's committed offsets)."""
+def _read_all(settings: Settings, from_committed: bool, topic: str = OTLP_SPANS_DLQ):
+    """Every record of a dead-letter topic (or those after the replay group's committed
+    offsets)."""
     from kafka import TopicPartition
 
     from pipeline.clients import consumer
 
+    if topic not in DEAD_LETTERS:
+        raise ValueError(f"{topic} is not a dead-letter topic (those are: "
+                         f"{', '.join(DEAD_LETTERS)})")
     c = consumer(settings, group_id=REPLAY_GROUP if from_committed else None,
                  enable_auto_commit=False)
-    parts = [TopicPartition(OTLP_SPANS_DLQ, p)
-             for p in sorted(c.partitions_for_topic(OTLP_SPANS_DLQ) or [])]
+    parts = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or [])]
     c.assign(parts)
     ends = c.end_offsets(parts)
     for tp in parts:
@@ -79,9 +92,10 @@ def _read_all(settings: Settings, from_committed: bool):
     return c, parts, ends, records
 
 
-def list_dead_letters(settings: Settings, limit: int = 50) -> tuple[int, list[DeadLetter]]:
-    """(total count, the last ``limit`` dead letters)."""
-    c, _, _, records = _read_all(settings, from_committed=False)
+def list_dead_letters(settings: Settings, limit: int = 50, topic: str = OTLP_SPANS_DLQ
+                      ) -> tuple[int, list[DeadLetter]]:
+    """(total count, the last ``limit`` dead letters of ``topic``)."""
+    c, _, _, records = _read_all(settings, from_committed=False, topic=topic)
     c.close()
     return len(records), [_entry(r) for r in records[-limit:]] if limit else []
 

@@ -7,7 +7,10 @@ partition it recovers that partition's lake state (finishing or dropping an inte
 flush) and seeks to the lake's ``next_offset``. Records are buffered per source
 partition and flushed when the oldest has waited ``lake.flush_s`` or the buffers reach
 ``lake.flush_mb``; a flush lands every buffered partition, then commits the consumer
-offsets (for lag monitoring only). Partitions taken away are flushed first.
+offsets (for lag monitoring only). Partitions taken away are flushed first. A record
+that does not decode goes to ``lake.dlq`` with the reason (``pipeline/dlq.py``), and the
+dead letter is acknowledged before the flush lands its range: a landed range is never
+read again, so a record is either in the lake, in ``lake.dlq``, or still to be read.
 """
 
 from __future__ import annotations
@@ -25,9 +28,11 @@ import pyarrow as pa
 
 from pipeline import clients, lake, stepclock
 from pipeline.config import Settings
+from pipeline.dlq import dlq_headers
 from pipeline.lake_fs import LocalFS
 from pipeline.stream.handoff import Handoff
 from schemas import lake as L
+from schemas.topics import LAKE_DLQ
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +82,7 @@ class LakeSink:
         self.clock = stepclock.StepClock("lake")
         self.ready = threading.Event()
         self._consumer: Any = None
+        self._dead_letters: Any = None      # a producer to lake.dlq, made when needed
         self._unresolved: list[Any] = []
 
     # ------------------------------------------------------------------ thread
@@ -129,6 +135,9 @@ class LakeSink:
             self.flush()
         finally:
             c.close(autocommit=False)
+            if self._dead_letters is not None:
+                self._dead_letters.close()
+                self._dead_letters = None
 
     def assign(self, assigned) -> None:
         """Recover each new partition from the lake and seek to where it left off."""
@@ -186,8 +195,8 @@ class LakeSink:
             with self.clock.step("decode"):
                 d = lake.decode(ds, recs, {(part, o): t for o, t in held.items()})
             self.stats[f"{ds.name}_records_handed_off"] += len(held)
-            for p, o, why in d.bad:
-                log.warning("lake: rejected %s[%d]@%d: %s", topic, p, o, why)
+            if d.bad:
+                self.dead_letter(topic, recs, d.bad)
             t0 = time.perf_counter()
             with self.clock.step("write"):
                 w.flush(recs[0][1], recs[-1][1] + 1, lake.split(ds, d.table))
@@ -205,6 +214,24 @@ class LakeSink:
                 self._consumer.commit(commits)
             except Exception:   # monitoring only: the lake state is the truth
                 log.debug("lake: offset commit failed", exc_info=True)
+
+    def dead_letter(self, topic: str, recs: list[lake.Record],
+                    bad: list[tuple[int, int, str]]) -> None:
+        """Send rejected records to ``lake.dlq`` unchanged, with why, and wait for the
+        broker's acknowledgement (raises if it does not come: the flush then fails and
+        is retried, so nothing is skipped unrecorded)."""
+        if self._dead_letters is None:
+            self._dead_letters = clients.producer(self.settings)
+        value = {(p, o): v for p, o, v in recs}
+        futures = []
+        for p, o, why in bad:
+            log.warning("lake: %s[%d]@%d to %s: %s", topic, p, o, LAKE_DLQ, why)
+            futures.append(self._dead_letters.send(
+                LAKE_DLQ, value=value.get((p, o)),
+                headers=dlq_headers(why, p, o, topic=topic)))
+        for f in futures:
+            f.get(timeout=30)
+        self.stats["dead_lettered"] += len(futures)
 
     def metrics(self) -> list[str]:
         """Prometheus lines of the sink."""

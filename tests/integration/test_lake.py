@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -216,3 +218,62 @@ def test_the_workers_scheduled_jobs_compact_while_the_sink_lands_and_lose_nothin
     rolled = con.execute("SELECT sum(calls), sum(cost_usd) FROM agg_1d WHERE view = 'group' "
                          "AND tenant = ?", [tenant]).fetchone()
     assert rolled == (agg_n, agg_cost)
+
+
+def test_records_the_lake_cannot_land_go_to_lake_dlq_and_their_neighbours_land(
+        kafka_settings, tmp_path):
+    """A record of llm_calls or llm_agg_1m that does not decode is sent to lake.dlq,
+    unchanged, with why and where from; the good records on either side land, and
+    `llmspend dlq list --topic lake.dlq` shows it."""
+    from pipeline import dlq
+    from pipeline.clients import producer
+    from pipeline.config import load_settings
+    from pipeline.traffic.offline import llm_calls_records
+    from schemas.topics import LAKE_DLQ, LLM_CALLS
+
+    tenant = f"lakedlq-{uuid.uuid4().hex[:8]}"
+    good = llm_calls_records(Options(seed=9, calls=30, tenants=(tenant,),
+                                     start_time_ns=time.time_ns(),
+                                     service_prefix=f"{uuid.uuid4().hex[:6]}-"),
+                             load_settings(env={"LLMSPEND_HASH_KEY": HASH_KEY}), 1)
+    lines = [line for _p, _ts, body in good for line in body.splitlines() if line]
+    rows = len(lines)
+    assert rows >= 4
+    bodies = [b"\n".join(lines[: rows // 2]), b"\n".join(lines[rows // 2:])]
+    bad_calls = b'{"call_id": "x", "cost_usd": "not money"} ' + uuid.uuid4().hex.encode()
+    bad_agg = b"not json " + uuid.uuid4().hex.encode()
+    app_id = f"llmspend-test-{uuid.uuid4().hex[:8]}"
+    dlq_start = end_offsets(kafka_settings, LAKE_DLQ)
+    env = {**env_for(app_id), "LLMSPEND_STREAM_STAGES": "normalise,lake"}
+    with worker_process(tmp_path, env):
+        p = producer(kafka_settings)
+        # Same partition, in order: good records, the bad one, the rest.
+        sent = [p.send(LLM_CALLS, b, partition=0).get(timeout=30) for b in bodies[:1]]
+        bad = p.send(LLM_CALLS, bad_calls, partition=0).get(timeout=30)
+        sent += [p.send(LLM_CALLS, b, partition=0).get(timeout=30) for b in bodies[1:]]
+        bad_a = p.send(LLM_AGG_1M, bad_agg, key=b"agg-" + uuid.uuid4().hex.encode(),
+                       partition=0).get(timeout=30)
+        p.close()
+        dead = read_records(kafka_settings, dlq_start, lambda rs: {
+            bad_calls, bad_agg} <= {r.value for r in rs}, timeout_s=60)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and lake_totals(tmp_path / "data", tenant)[0] != rows:
+            time.sleep(1)
+        assert lake_totals(tmp_path / "data", tenant)[0] == rows
+    by_value = {r.value: dict(r.headers) for r in dead}
+    h = by_value[bad_calls]
+    assert h[dlq.SOURCE_TOPIC_HEADER] == LLM_CALLS.encode()
+    assert h[dlq.SOURCE_PARTITION_HEADER] == b"0"
+    assert h[dlq.SOURCE_OFFSET_HEADER] == str(bad.offset).encode()
+    assert b"does not decode" in h[dlq.ERROR_HEADER]
+    h = by_value[bad_agg]
+    assert h[dlq.SOURCE_TOPIC_HEADER] == LLM_AGG_1M.encode()
+    assert h[dlq.SOURCE_OFFSET_HEADER] == str(bad_a.offset).encode()
+    assert sum(r.value in (bad_calls, bad_agg) for r in dead) == 2   # each once
+
+    listed = subprocess.run([sys.executable, "-m", "pipeline", "dlq", "list", "--topic",
+                             LAKE_DLQ, "--limit", "1000"], capture_output=True, text=True,
+                            timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    assert f"from {LLM_CALLS}[0]@{bad.offset}" in listed.stdout
+    assert f"from {LLM_AGG_1M}[0]@{bad_a.offset}" in listed.stdout
