@@ -36,6 +36,7 @@ from pipeline.traffic.plan import Options
 
 PARTITIONS = 6
 FETCH = 5000
+START_NS = 1_764_000_000 * 10**9
 ORDERS = ([0, 1, 2, 3, 4, 5], [5, 4, 3, 2, 1, 0], [2, 3, 4, 5, 0, 1], [3, 0, 4, 1, 5, 2])
 
 
@@ -43,7 +44,8 @@ def backlog(minutes: int, rate: float) -> list[tuple[int, int, dict]]:
     """(topic partition, write time ms, partial) in write order."""
     settings = load_settings(env={"LLMSPEND_HASH_KEY": "bench-windows-key-0123456789abcd"})
     opts = Options(seed=5, rate=rate, duration_s=minutes * 60.0, scenarios=("bad-deploy",),
-                   start_time_ns=(int(time.time()) - minutes * 60) * 10**9,
+                   # A fixed start: the same plan, so the same verdicts, every run.
+                   start_time_ns=START_NS,
                    service_prefix="bw-")
     calls = llm_calls_records(opts, settings, PARTITIONS)
     out = []
