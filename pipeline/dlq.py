@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from pipeline.config import Settings
-from schemas.topics import DEAD_LETTERS, OTLP_SPANS, OTLP_SPANS_DLQ
+from schemas.topics import DEAD_LETTERS, OTLP_SPANS, OTLP_SPANS_DLQ, TENANT_HEADER
 
 ERROR_HEADER = "llmspend-error"
 SOURCE_TOPIC_HEADER = "llmspend-source-topic"
@@ -62,7 +62,7 @@ def _entry(r) -> DeadLetter:
                       size=len(r.value or b""),
                       error=h.get(ERROR_HEADER, b"").decode("utf-8", "replace"),
                       source=src,
-                      tenant=h.get("llmspend-tenant", b"default" if topic == OTLP_SPANS
+                      tenant=h.get(TENANT_HEADER, b"default" if topic == OTLP_SPANS
                                    else b"-").decode("utf-8", "replace"))
 
 
@@ -100,13 +100,18 @@ def list_dead_letters(settings: Settings, limit: int = 50, topic: str = OTLP_SPA
     return len(records), [_entry(r) for r in records[-limit:]] if limit else []
 
 
-def replay(settings: Settings, dry_run: bool = False) -> int:
-    """Send not-yet-replayed dead letters back to ``otlp_spans``; returns how many."""
+def replay(settings: Settings, dry_run: bool = False, topic: str = OTLP_SPANS_DLQ) -> int:
+    """Send not-yet-replayed dead letters of ``topic`` back to the topic they came from
+    (``schemas.topics.DEAD_LETTERS``); returns how many."""
     from kafka.structs import OffsetAndMetadata
 
     from pipeline.clients import producer
 
-    c, parts, ends, records = _read_all(settings, from_committed=True)
+    target = DEAD_LETTERS.get(topic)
+    if target is None:
+        raise ValueError(f"{topic} is not replayable (replayable: "
+                         f"{', '.join(d for d, t in DEAD_LETTERS.items() if t)})")
+    c, parts, ends, records = _read_all(settings, from_committed=True, topic=topic)
     try:
         if dry_run or not records:
             return len(records)
@@ -115,9 +120,8 @@ def replay(settings: Settings, dry_run: bool = False) -> int:
             futures = []
             for r in records:
                 headers = [(k, v) for k, v in (r.headers or []) if k not in _OURS]
-                headers.append((REPLAYED_HEADER,
-                                f"{OTLP_SPANS_DLQ}[{r.partition}]@{r.offset}".encode()))
-                futures.append(p.send(OTLP_SPANS, value=r.value, headers=headers))
+                headers.append((REPLAYED_HEADER, f"{topic}[{r.partition}]@{r.offset}".encode()))
+                futures.append(p.send(target, value=r.value, headers=headers))
             for f in futures:
                 f.get(timeout=60)
         finally:

@@ -27,6 +27,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
 from pipeline import privacy
 from schemas import spans as S
+from schemas.topics import TENANT_HEADER
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
@@ -435,5 +436,3 @@ def response(rejected: int = 0, message: str = "") -> ExportTraceServiceResponse
         resp.partial_success.error_message = message
     return resp
 
-
-TENANT_HEADER = "llmspend-tenant"

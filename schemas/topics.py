@@ -14,3 +14,6 @@ ALL = (OTLP_SPANS, OTLP_SPANS_DLQ, LLM_CALLS, LLM_AGG_1M, LLM_ALERTS, LLM_CONTRO
 #: Dead-letter topics, each with the topic its records are replayed to (None: not
 #: replayable; a lake record re-sent upstream would be counted twice by the aggregates).
 DEAD_LETTERS = {OTLP_SPANS_DLQ: OTLP_SPANS, LAKE_DLQ: None}
+
+#: Header of every ``otlp_spans`` record: the tenant the receiver authenticated.
+TENANT_HEADER = "llmspend-tenant"
