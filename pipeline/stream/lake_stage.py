@@ -231,7 +231,6 @@ class LakeSink:
                 headers=dlq_headers(why, p, o, topic=topic)))
         for f in futures:
             f.get(timeout=30)
-        self.stats["dead_lettered"] += len(futures)
 
     def metrics(self) -> list[str]:
         """Prometheus lines of the sink."""

@@ -76,7 +76,7 @@ def test_a_bad_record_is_dead_lettered_with_where_and_why_before_its_range_lands
     assert h[dlq.SOURCE_TOPIC_HEADER] == L.CALLS.topic.encode()
     assert (h[dlq.SOURCE_PARTITION_HEADER], h[dlq.SOURCE_OFFSET_HEADER]) == (b"0", b"0")
     assert h[dlq.ERROR_HEADER]
-    assert sink.stats["dead_lettered"] == 1
+    assert sink.stats["calls_rejected"] == 1
     assert lake.committed(LocalFS(sink.settings.lake_dir), L.CALLS) == {0: 2}
     assert sink.stats["calls_rows"] == len(good.strip().split(b"\n"))
 
