@@ -252,11 +252,11 @@ class WindowDetector:
                     break
                 out += self.evaluate(name, minute)
                 t.evaluated_through = minute
-            idle_through = (wall_ms - int(self.limits.idle_s * 1000)) // MINUTE_MS \
-                * MINUTE_MS - MINUTE_MS
             if wall_ms - t.last_wall_ms >= self.limits.idle_s * 1000 \
                     and t.evaluated_through >= 0 \
                     and not any(m > t.evaluated_through for m in t.first_arrival):
+                idle_through = (wall_ms - int(self.limits.idle_s * 1000)) // MINUTE_MS \
+                    * MINUTE_MS - MINUTE_MS
                 # Only the minutes any baseline or window still reads can change a
                 # verdict; past those, judging more quiet minutes changes nothing.
                 keep = self._keep_minutes() + self.limits.resolve_minutes + 1
