@@ -140,7 +140,7 @@ def baseline_worker(payload_file: str) -> None:
     """Child process: produce the batches straight to Kafka, print the elapsed time."""
     from aiokafka import AIOKafkaProducer
 
-    from pipeline.clients import aiokafka_config
+    from pipeline.clients import aiokafka_config, compression_type
     from pipeline.config import load_settings
 
     settings = load_settings()
@@ -154,6 +154,7 @@ def baseline_worker(payload_file: str) -> None:
     async def go() -> float:
         p = AIOKafkaProducer(acks="all", enable_idempotence=True,
                              max_request_size=settings.kafka.max_message_bytes, linger_ms=2,
+                             compression_type=compression_type(settings),
                              **aiokafka_config(settings))
         await p.start()
         await (await p.send("otlp_spans", batches[0]))

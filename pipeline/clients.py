@@ -20,6 +20,12 @@ def _ssl_context(k: KafkaSettings) -> ssl.SSLContext | None:
     return ctx
 
 
+def compression_type(settings: Settings) -> str | None:
+    """The producers' batch codec (``kafka.compression``); None sends batches as they are."""
+    codec = settings.kafka.compression
+    return None if codec == "none" else codec
+
+
 def kafka_python_config(settings: Settings) -> dict[str, Any]:
     """Connection settings for kafka-python clients (producer, consumer, admin)."""
     k = settings.kafka
@@ -58,6 +64,7 @@ def faust_broker_config(settings: Settings) -> dict[str, Any]:
         "broker": ";".join(f"kafka://{h}" for h in k.bootstrap_servers.split(",")),
         "producer_max_request_size": k.max_message_bytes,
         "consumer_max_fetch_size": k.max_message_bytes,
+        "producer_compression_type": compression_type(settings),
     }
     if k.security_protocol == "PLAINTEXT":
         return cfg
@@ -91,6 +98,7 @@ def producer(settings: Settings, **overrides: Any):
         "linger_ms": 5,
         "retries": 5,
         "client_id": "llmspend",
+        "compression_type": compression_type(settings),
     }
     return KafkaProducer(**{**kafka_python_config(settings), **cfg, **overrides})
 

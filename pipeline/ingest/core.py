@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 
 from pipeline import otlp
-from pipeline.clients import aiokafka_config
+from pipeline.clients import aiokafka_config, compression_type
 from pipeline.config import Settings
 from pipeline.ingest.metrics import Metrics
 from schemas.topics import OTLP_SPANS
@@ -90,6 +90,7 @@ class Ingestor:
                     max_request_size=k.max_message_bytes,
                     request_timeout_ms=int(self.settings.ingest.produce_timeout_s * 1000),
                     linger_ms=2, client_id="llmspend-ingest",
+                    compression_type=compression_type(self.settings),
                     **aiokafka_config(self.settings))
                 try:
                     await asyncio.wait_for(producer.start(),

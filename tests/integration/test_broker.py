@@ -194,3 +194,75 @@ def test_settings_of_the_test_session_point_at_a_live_broker(kafka_settings):
     st = broker.status(kafka_settings)
     assert st.reachable
     assert load_settings().kafka.bootstrap_servers == kafka_settings.kafka.bootstrap_servers
+
+
+def test_compressed_batches_of_each_client_are_read_by_the_other_and_shrink_on_the_broker(
+        kafka_settings):
+    """kafka.compression (zstd by default) reaches both client libraries: what one writes
+    the other reads unchanged, and the broker keeps a fraction of the bytes (NDJSON lines
+    like llm_calls compress well)."""
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+    from aiokafka import TopicPartition as ATP
+    from kafka.admin import NewTopic
+
+    from pipeline.clients import compression_type
+
+    assert compression_type(kafka_settings) == "zstd"
+    topic = f"llmspend-test-codec-{uuid.uuid4().hex[:8]}"
+    admin = admin_client(kafka_settings)
+    admin.create_topics([NewTopic(topic, 1, 1)])
+    lines = [(f'{{"call_id":"{uuid.uuid4().hex}","tenant":"acme","service":"support",'
+              f'"model":"gpt-4o-mini","input_tokens":{i},"cost_usd":"0.000{i}"}}\n' * 20
+              ).encode() for i in range(200)]
+    try:
+        p = producer(kafka_settings)
+        try:
+            for v in lines[:100]:
+                p.send(topic, v)
+            p.flush(timeout=30)
+        finally:
+            p.close()
+
+        async def aio_side() -> list[bytes]:
+            ap = AIOKafkaProducer(acks="all", compression_type=compression_type(
+                kafka_settings), **aiokafka_config(kafka_settings))
+            await ap.start()
+            try:
+                for v in lines[100:]:
+                    await ap.send(topic, v)
+                await ap.flush()
+            finally:
+                await ap.stop()
+            c = AIOKafkaConsumer(enable_auto_commit=False, **aiokafka_config(kafka_settings))
+            await c.start()
+            try:
+                c.assign([ATP(topic, 0)])
+                c.seek(ATP(topic, 0), 0)
+                got: list[bytes] = []
+                while len(got) < len(lines):
+                    batches = await asyncio.wait_for(c.getmany(timeout_ms=1000), 30)
+                    got += [r.value for rs in batches.values() for r in rs]
+                return got
+            finally:
+                await c.stop()
+
+        assert asyncio.run(aio_side()) == lines
+        c = consumer(kafka_settings, enable_auto_commit=False)
+        try:
+            c.assign([TopicPartition(topic, 0)])
+            c.seek(TopicPartition(topic, 0), 0)
+            got: list[bytes] = []
+            for _ in range(30):
+                got += [r.value for b in c.poll(timeout_ms=1000).values() for r in b]
+                if len(got) >= len(lines):
+                    break
+        finally:
+            c.close()
+        assert got == lines
+        sizes = [part["partition_size"]
+                 for b in admin.describe_log_dirs([topic]) for d in b["log_dirs"]
+                 for t in d["topics"] if t["name"] == topic for part in t["partitions"]]
+        assert sizes and 0 < sum(sizes) < sum(map(len, lines)) / 3
+    finally:
+        admin.delete_topics([topic])
+        admin.close()

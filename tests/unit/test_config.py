@@ -65,6 +65,7 @@ def test_missing_config_file_named_by_env_is_an_error(tmp_path):
     ({"LLMSPEND_BUDGETS_UNIT_COSTS": '{"acme": "0.05"}'}, "budgets.unit_costs"),
     ({"LLMSPEND_BUDGETS_UNIT_MIN_UNITS": "0"}, "unit_min_units"),
     ({"LLMSPEND_STREAM_STAGES": "normalise,sink"}, "unknown stage"),
+    ({"LLMSPEND_KAFKA_COMPRESSION": "brotli"}, "kafka.compression"),
     # A Faust app with no agent subscribes to nothing and crashed at start.
     ({"LLMSPEND_STREAM_STAGES": "lake"}, "run beside at least one of"),
     ({"LLMSPEND_STREAM_STAGES": "detect_windows,lake"}, "run beside at least one of"),
@@ -122,6 +123,31 @@ def test_security_settings_reach_every_client_alike():
     creds = fa["broker_credentials"]
     assert (creds.username, creds.password, creds.mechanism.value) == \
         ("svc", "pw", "SCRAM-SHA-512")
+
+
+@pytest.mark.parametrize("codec", ["zstd", "lz4", "snappy", "gzip"])
+def test_every_producer_compresses_with_the_configured_codec(codec):
+    """The receivers (aiokafka), the stream stages (Faust) and the kafka-python producers
+    (exporter, dead letters, alerts) write batches with one codec, and the codec's
+    library is installed for both client libraries (a missing one only fails at the
+    first send)."""
+    import aiokafka.codec
+    import kafka.codec
+
+    from pipeline.clients import compression_type, faust_broker_config
+
+    s = load_settings(env={"LLMSPEND_KAFKA_COMPRESSION": codec})
+    assert compression_type(s) == codec
+    assert faust_broker_config(s)["producer_compression_type"] == codec
+    assert getattr(aiokafka.codec, f"has_{codec}")()
+    assert getattr(kafka.codec, f"has_{codec}")()
+
+
+def test_compression_none_sends_batches_as_they_are():
+    from pipeline.clients import compression_type
+
+    assert compression_type(load_settings(env={"LLMSPEND_KAFKA_COMPRESSION": "none"})) \
+        is None
 
 
 def test_settings_is_immutable():
