@@ -134,7 +134,8 @@ def main() -> None:
         land_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         pq.write_table(landed, tmp / "one.parquet", compression=L.COMPRESSION,
-                       compression_level=L.COMPRESSION_LEVEL, row_group_size=L.ROW_GROUP_ROWS)
+                       compression_level=L.COMPRESSION_LEVEL, row_group_size=L.ROW_GROUP_ROWS,
+                       use_dictionary=L.dictionary_columns(landed.schema))
         write_s = time.perf_counter() - t0
         n = landed.num_rows
         print(f"(l) land  {n / land_s:>10,.0f} rows/s per core (decode + split + write + "

@@ -52,7 +52,8 @@ class LocalFS:
         with open(path, "wb") as f:
             pq.write_table(table, f, compression=L.COMPRESSION,
                            compression_level=L.COMPRESSION_LEVEL,
-                           row_group_size=L.ROW_GROUP_ROWS)
+                           row_group_size=L.ROW_GROUP_ROWS,
+                           use_dictionary=L.dictionary_columns(table.schema))
             f.flush()
             os.fsync(f.fileno())
 

@@ -53,6 +53,17 @@ STATE_DIR = "_lake"
 COMPRESSION = "zstd"
 COMPRESSION_LEVEL = 3
 ROW_GROUP_ROWS = 1_000_000
+#: Columns whose values are all, or nearly all, distinct: ids and content hashes.
+#: Dictionary-encoding them costs the writer time and the file bytes (the dictionary
+#: outgrows its page and the column falls back to plain pages anyway), so they are
+#: written plain; every other column keeps Parquet's dictionary encoding.
+PLAIN_COLUMNS = frozenset({C.CALL_ID, C.TRACE_ID, C.SPAN_ID, C.PARENT_SPAN_ID,
+                           C.PROMPT_HASH, C.LAST_MESSAGE_HASH, G.AGG_ID})
+
+
+def dictionary_columns(schema: pa.Schema) -> list[str]:
+    """The columns of ``schema`` to dictionary-encode (``use_dictionary``)."""
+    return [f.name for f in schema if f.name not in PLAIN_COLUMNS]
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,9 @@ from pipeline.lake_fs import LocalFS
 from pipeline.traffic.generator import generate
 from pipeline.traffic.offline import llm_agg_1m_records, llm_calls_records, with_offsets
 from pipeline.traffic.plan import Options
+from schemas import aggregates as G
 from schemas import alerts as A
+from schemas import calls as C
 from schemas import lake as L
 
 PARTITIONS = 4
@@ -64,6 +66,25 @@ def test_landed_calls_equal_the_generator_truth(traffic, tmp_path):
     files = list(LocalFS(tmp_path).list("calls", ".parquet"))
     assert files and all("/tenant=" in f and "/dt=" in f and "/hour=" in f for f in files)
     assert {L.parse_file_name(f.rsplit("/", 1)[1])[0] for f in files} <= set(range(4))
+
+
+def test_ids_and_hashes_are_written_plain_and_the_other_columns_dictionary_encoded(
+        traffic, tmp_path):
+    """schemas.lake.PLAIN_COLUMNS: all-distinct columns skip the dictionary; a column
+    that repeats (model, team) keeps it."""
+    import pyarrow.parquet as pq
+
+    records, aggs, _truth = traffic
+    lake.land(LocalFS(tmp_path), L.CALLS, records)
+    lake.land(LocalFS(tmp_path), L.AGG_1M, aggs)
+    for ds, plain, repeated in ((L.CALLS, C.CALL_ID, C.MODEL), (L.AGG_1M, G.AGG_ID, C.MODEL)):
+        rel = next(iter(LocalFS(tmp_path).list(ds.name, ".parquet")))
+        meta = pq.ParquetFile(tmp_path / rel).metadata.row_group(0)
+        chunks = {meta.column(i).path_in_schema: meta.column(i)
+                  for i in range(meta.num_columns)}
+        assert plain in L.PLAIN_COLUMNS
+        assert not chunks[plain].has_dictionary_page, (ds.name, plain)
+        assert chunks[repeated].has_dictionary_page, (ds.name, repeated)
 
 
 def test_a_retry_twin_is_one_row_in_the_calls_view(traffic, tmp_path):
