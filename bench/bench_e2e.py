@@ -284,7 +284,8 @@ def main() -> None:
         truth = res.truth
         records = sum(end[p] - start[p] for p in start)
         print(f"traffic: {truth.calls:,} calls ({truth.spans_emitted:,} spans) in {records:,} "
-              f"otlp_spans records, produced in {time.perf_counter() - t:.0f} s")
+              f"otlp_spans records, produced in {time.perf_counter() - t:.0f} s "
+              f"(batches compressed: {settings.kafka.compression})")
         wall, cpu, (n, cost), steps, threads = end_to_end(worker, state / "data", tenant,
                                                           truth.calls)
         if (n, cost) != (truth.calls, truth.list_cost_usd):
