@@ -54,8 +54,9 @@ def run_scheduled(settings: Settings, now: dt.datetime | None = None,
     fs = fs or lake_fs(settings)
     j = settings.jobs
     with journal.locked(fs):
-        recovered = journal.recover(fs)
-        c = _compact(fs, now, j.closed_after_s, j.compact_min_files)
+        recovered = journal.recover(fs, now=now.timestamp())
+        c = _compact(fs, now, j.closed_after_s, j.compact_min_files,
+                     grace_s=j.replaced_files_grace_s)
         r = _rollup(fs, now, j.closed_after_s)
         t = _retention(fs, now.date(), j)
     return ScheduledResult(recovered, c, r, t)

@@ -92,8 +92,10 @@ def _minus(a: dict, b: dict) -> dict:
     return {k: a[k] - b[k] for k in a}
 
 
-def compact_partition(fs: LakeFS, part: Partition) -> tuple[int, int, int]:
-    """Merge one partition's files; (rows in, rows out, twins dropped)."""
+def compact_partition(fs: LakeFS, part: Partition, grace_s: float = 0.0
+                      ) -> tuple[int, int, int]:
+    """Merge one partition's files, keeping the merged ones readable for ``grace_s``
+    (``jobs/journal.py``); (rows in, rows out, twins dropped)."""
     ds = part.dataset
     table = read(fs, ds, part.files)
     kept, dropped = keep_once(ds, table)
@@ -107,21 +109,22 @@ def compact_partition(fs: LakeFS, part: Partition) -> tuple[int, int, int]:
         if got != expected:
             raise journal.JobError(f"compaction of {part.rel_dir}: the new file holds "
                                    f"{got}, expected {expected}; left unchanged")
-    journal.apply(fs, swap, verify)
+    journal.apply(fs, swap, verify, keep_removed_s=grace_s)
     return table.num_rows, kept.num_rows, dropped.num_rows
 
 
 def compact(fs: LakeFS, now: dt.datetime, closed_after_s: float, min_files: int,
-            datasets: tuple[L.Dataset, ...] = (L.CALLS, L.AGG_1M, L.ALERTS)
-            ) -> CompactResult:
-    """Compact every closed partition with at least ``min_files`` files."""
+            datasets: tuple[L.Dataset, ...] = (L.CALLS, L.AGG_1M, L.ALERTS),
+            grace_s: float = 0.0) -> CompactResult:
+    """Compact every closed partition with at least ``min_files`` files; the merged
+    files stay for ``grace_s`` seconds, for queries that already listed them."""
     res = CompactResult()
     for ds in datasets:
         for part in partitions(fs, ds):
             if len(part.files) < min_files or not part.closed(now, closed_after_s):
                 continue
             try:
-                rows_in, rows_out, twins = compact_partition(fs, part)
+                rows_in, rows_out, twins = compact_partition(fs, part, grace_s)
             except journal.JobError as exc:
                 res.skipped.append(str(exc))
                 continue

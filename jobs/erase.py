@@ -104,6 +104,8 @@ def erase(fs: LakeFS, key: bytes, user_id: str | None = None, pseudo: str | None
     """Remove the user's rows everywhere in the lake and log it (module docstring)."""
     if not user_id and not pseudo:
         raise journal.JobError("erasure needs a user id or a pseudonym")
+    # Files a compaction merged and keeps for readers hold the user's rows too: go.
+    journal.recover(fs, force=True)
     pseudo = pseudo or pseudonym(key, user_id or "")
     values = sorted({v for v in (user_id, pseudo) if v})
     res = ErasureResult(log_subject(key, pseudo))

@@ -19,9 +19,14 @@ left by a crash (a rename whose temporary is gone was done; removing a missing f
 no-op), then deletes temporaries that no journal names (a swap that never committed).
 So whatever the crash point the lake holds either the old files or the new ones.
 
-Readers may, for the milliseconds of step 4, see a new file beside the old ones it
-replaces; the views drop the twins this makes (same ``call_id`` / ``agg_id`` / alert
-``id``), so a query through them sees the same rows before, during and after.
+Readers see a new file beside the old ones it replaces; the views drop the twins this
+makes (same ``call_id`` / ``agg_id`` / alert ``id``), so a query through them sees the
+same rows before, during and after. A query lists its files before it opens them, so a
+file removed in between fails it. A swap may therefore keep its old files for
+``keep_removed_s`` (compaction does: ``jobs.replaced_files_grace_s``): the journal stays
+with the time they may go, and the first :func:`recover` after that removes them. Until
+then the jobs do not see them (:func:`pending_removals`). An erasure or a reprice first
+removes them all (``recover(force=True)``): no old copy of a row may outlive those.
 
 One job runs at a time per lake (:func:`locked`, an ``flock`` on ``_lake/jobs/lock``),
 so the worker's schedule and a ``llmspend jobs`` run from a shell never interleave.
@@ -82,9 +87,10 @@ def _test_hook(step: str) -> None:
 
 
 def apply(fs: LakeFS, swap: Swap, verify: Callable[[dict[str, str]], None] | None = None,
-          hook: Hook | None = None) -> None:
+          hook: Hook | None = None, keep_removed_s: float = 0.0) -> None:
     """Put ``swap`` in place (module docstring: the protocol). ``verify(final -> temp)``
-    raises to abandon the swap before anything visible changed."""
+    raises to abandon the swap before anything visible changed. Files it removes stay
+    readable for ``keep_removed_s`` seconds."""
     hook = hook or _test_hook
     if not swap.writes and not swap.removes:
         return
@@ -100,41 +106,64 @@ def apply(fs: LakeFS, swap: Swap, verify: Callable[[dict[str, str]], None] | Non
             fs.remove(tmp)
         raise
     journal = f"{L.JOBS_DIR}/{swap.job}-{swap.digest()}.json"
-    fs.replace_text(journal, json.dumps({
-        "job": swap.job, "at": time.time(),
-        "renames": sorted((t, f) for f, t in temps.items()),
-        "removes": sorted(swap.removes)}))
+    now = time.time()
+    entry = {"job": swap.job, "at": now,
+             "renames": sorted((t, f) for f, t in temps.items()),
+             "removes": sorted(swap.removes)}
+    if keep_removed_s > 0 and swap.removes:
+        entry["remove_after"] = now + keep_removed_s
+    fs.replace_text(journal, json.dumps(entry))
     hook("journal")
-    _redo(fs, journal, hook)
+    _redo(fs, journal, hook, now)
 
 
-def _redo(fs: LakeFS, journal: str, hook: Hook) -> None:
+def _redo(fs: LakeFS, journal: str, hook: Hook, now: float, force: bool = False) -> bool:
+    """Step 4 of ``journal``; the removals only once due (or ``force``). True if a
+    temporary was still to rename (the swap had been interrupted)."""
     text = fs.read_text(journal)
     if text is None:
-        return
+        return False
     entry = json.loads(text)
+    interrupted = False
     for tmp, final in entry["renames"]:
         if fs.exists(tmp):
+            interrupted = True
             fs.commit(tmp, final)
             hook("rename")
+    if not force and entry.get("remove_after", 0) > now:
+        return interrupted
     finals = {final for _tmp, final in entry["renames"]}
     for rel in entry["removes"]:
         if rel not in finals:
             fs.remove(rel)
             hook("remove")
     fs.remove(journal)
+    return interrupted or "remove_after" not in entry
 
 
-def recover(fs: LakeFS) -> int:
-    """Finish committed swaps, drop uncommitted temporaries; how many swaps were redone."""
-    journals = sorted(fs.list(L.JOBS_DIR, ".json"))
-    for journal in journals:
-        _redo(fs, journal, lambda _step: None)
+def recover(fs: LakeFS, now: float | None = None, force: bool = False) -> int:
+    """Finish committed swaps (their kept files too once due, or all with ``force``),
+    drop uncommitted temporaries; how many interrupted swaps were redone."""
+    now = time.time() if now is None else now
+    redone = 0
+    for journal in sorted(fs.list(L.JOBS_DIR, ".json")):
+        redone += _redo(fs, journal, lambda _step: None, now, force)
     for name in L.ALL_DATASETS:
         for job in JOBS:
             for tmp in list(fs.list(name, f".{job}.tmp")):
                 fs.remove(tmp)
-    return len(journals)
+    return redone
+
+
+def pending_removals(fs: LakeFS) -> set[str]:
+    """Files a committed swap replaced and keeps for readers: no job reads them."""
+    out: set[str] = set()
+    for journal in fs.list(L.JOBS_DIR, ".json"):
+        text = fs.read_text(journal)
+        if text is not None:
+            entry = json.loads(text)
+            out.update(set(entry["removes"]) - {f for _t, f in entry["renames"]})
+    return out
 
 
 @contextlib.contextmanager

@@ -48,10 +48,16 @@ def _parse_dir(rel_dir: str) -> dict[str, str]:
 
 
 def partitions(fs: LakeFS, dataset: L.Dataset) -> list[Partition]:
-    """Every partition of ``dataset`` holding at least one Parquet file, oldest first."""
+    """Every partition of ``dataset`` holding at least one Parquet file, oldest first.
+    Files a swap replaced and keeps for readers (``journal.pending_removals``) are not
+    listed: their rows are in the files that replaced them."""
+    from jobs.journal import pending_removals
+
+    gone = pending_removals(fs)
     by_dir: dict[str, list[str]] = defaultdict(list)
     for rel in fs.list(dataset.name, ".parquet"):
-        by_dir[rel.rsplit("/", 1)[0]].append(rel)
+        if rel not in gone:
+            by_dir[rel.rsplit("/", 1)[0]].append(rel)
     out = []
     for rel_dir, files in by_dir.items():
         kv = _parse_dir(rel_dir)

@@ -240,6 +240,9 @@ def reprice(fs: LakeFS, settings: Settings, since: dt.date, until: dt.date,
     """Reprice the calls of days ``[since, until)`` (UTC), optionally of one tenant."""
     from jobs.rollup import rollup
 
+    if not dry_run:
+        # A merged file kept for readers would be a twin with the old cost.
+        journal.recover(fs, force=True)
     res = RepriceResult(dry_run=dry_run)
     pricer = Pricer.from_settings(settings, catalog)
     window_ms = int(settings.aggregate.window_s * 1000)

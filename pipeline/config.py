@@ -356,6 +356,10 @@ class JobsSettings:
     closed_after_s: float = 7200.0
     #: Compact a closed partition when it has at least this many files.
     compact_min_files: int = 2
+    #: Seconds the files a compaction merged stay on disk, so that a query which listed
+    #: them before the swap can still open them (the views drop the twins meanwhile);
+    #: the first job run after that removes them. 0: at once.
+    replaced_files_grace_s: float = 600.0
     #: Days of call-level rows (``calls``) kept (0: forever).
     calls_days: int = 90
     #: ``{"acme" = 30}``: per-tenant days of call-level rows, overriding ``calls_days``.

@@ -129,7 +129,8 @@ def jobs_compact(ctx: click.Context, as_json: bool) -> None:
 
     settings, fs = _fs(ctx)
     j = settings.jobs
-    r = _locked(fs, lambda: compact(fs, _now(), j.closed_after_s, j.compact_min_files))
+    r = _locked(fs, lambda: compact(fs, _now(), j.closed_after_s, j.compact_min_files,
+                                    grace_s=j.replaced_files_grace_s))
     _emit(as_json, r, _compact_lines(r))
 
 

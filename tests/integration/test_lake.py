@@ -181,7 +181,7 @@ def test_the_workers_scheduled_jobs_compact_while_the_sink_lands_and_lose_nothin
     follow, and the lake still equals the truth and the topic."""
     import datetime as dt
 
-    from jobs import run_scheduled
+    from jobs import journal, run_scheduled
     from pipeline.config import load_settings
 
     tenant = f"jobs-{uuid.uuid4().hex[:8]}"
@@ -212,7 +212,13 @@ def test_the_workers_scheduled_jobs_compact_while_the_sink_lands_and_lose_nothin
     assert compacted, f"the worker never compacted: {log[-2000:]}"
     settings = load_settings(env={"LLMSPEND_HASH_KEY": HASH_KEY, "LLMSPEND_DATA_DIR": str(data),
                                   "LLMSPEND_JOBS_CLOSED_AFTER_S": "0"})
+    # The files the worker's compactions merged are kept for readers
+    # (jobs.replaced_files_grace_s) until the first run after the grace (which may
+    # merge, and keep, others: the files landed since).
+    kept = journal.pending_removals(fs)
+    assert kept
     run_scheduled(settings, now=dt.datetime.now(dt.UTC) + dt.timedelta(days=1))
+    assert not any(fs.exists(f) for f in kept)
     assert lake_totals(data, tenant) == (n, cost, agg_n, agg_cost)
     con = connect(data)
     rolled = con.execute("SELECT sum(calls), sum(cost_usd) FROM agg_1d WHERE view = 'group' "

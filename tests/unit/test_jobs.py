@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from decimal import Decimal
 from pathlib import Path
 
@@ -141,9 +142,12 @@ def test_a_compaction_whose_file_does_not_verify_leaves_the_partition(data, monk
 
 @pytest.mark.parametrize("step", ["temps", "journal", "rename", "remove"])
 def test_a_compaction_interrupted_at_any_step_leaves_a_valid_lake(data, step):
+    """With the default grace the merged files stay (no "remove" step to crash at);
+    with none they go in the swap itself."""
     before = answers(data)
     env = {**os.environ, "LLMSPEND_DATA_DIR": str(data), "LLMSPEND_HASH_KEY": KEY,
-           "LLMSPEND_TEST_JOBS_KILL_AT": f"{step}:2", "LLMSPEND_JOBS_CLOSED_AFTER_S": "60"}
+           "LLMSPEND_TEST_JOBS_KILL_AT": f"{step}:2", "LLMSPEND_JOBS_CLOSED_AFTER_S": "60",
+           "LLMSPEND_JOBS_REPLACED_FILES_GRACE_S": "0" if step == "remove" else "600"}
     p = subprocess.run([sys.executable, "-m", "pipeline", "jobs", "compact"], env=env,
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 137, p.stderr
@@ -154,9 +158,14 @@ def test_a_compaction_interrupted_at_any_step_leaves_a_valid_lake(data, step):
     assert p.returncode == 0, p.stderr
     assert answers(data) == before
     fs = LocalFS(data)
-    assert not list(fs.list(L.JOBS_DIR, ".json"))
     assert not [f for ds in L.DATASETS for f in fs.list(ds, ".tmp")]
     assert all(len(p.files) == 1 for ds in L.DATASETS.values() for p in partitions(fs, ds))
+    journal.recover(fs, force=True)           # the merged files kept for readers go
+    assert not list(fs.list(L.JOBS_DIR, ".json"))
+    assert answers(data) == before
+    assert all(len(p.files) == 1 for ds in L.DATASETS.values() for p in partitions(fs, ds))
+    assert sum(len(files(data, ds)) for ds in L.DATASETS) == \
+        sum(len(p.files) for ds in L.DATASETS.values() for p in partitions(fs, ds))
 
 
 def test_recovery_finishes_a_committed_swap_and_drops_an_uncommitted_one(data):
@@ -186,6 +195,46 @@ def test_recovery_finishes_a_committed_swap_and_drops_an_uncommitted_one(data):
     now_files = next(p for p in after if p.rel_dir == part.rel_dir).files
     assert f"{part.rel_dir}/compact-y.parquet" in now_files
     assert not set(part.files[:2]) & set(now_files)
+
+
+def test_merged_files_stay_readable_for_the_grace_and_go_at_the_first_run_after(data):
+    """A query lists its files before it opens them: compaction keeps the files it
+    merged for jobs.replaced_files_grace_s, the views drop the twins meanwhile, and no
+    job reads them again."""
+    fs = LocalFS(data)
+    before = answers(data)
+    listed = sorted(fs.list("calls", ".parquet"))       # a query's glob, before the swap
+    t0 = time.time()
+    res = compact(fs, LATER, 3600, 2, grace_s=600)
+    assert res.partitions > 0
+    for rel in listed:                                   # ... and its reads, after it
+        assert fs.read_parquet(rel).num_rows > 0
+    assert answers(data) == before
+    kept = journal.pending_removals(fs)
+    assert kept and kept <= set(listed) | {f for ds in L.DATASETS for f in files(data, ds)}
+    assert all(len(p.files) == 1 for ds in L.DATASETS.values() for p in partitions(fs, ds))
+    assert compact(fs, LATER, 3600, 2, grace_s=600).partitions == 0
+    assert journal.recover(fs, now=t0 + 599) == 0 and journal.pending_removals(fs) == kept
+    assert journal.recover(fs, now=t0 + 601) == 0          # due: not a crash, just done
+    assert not journal.pending_removals(fs) and not list(fs.list(L.JOBS_DIR, ".json"))
+    assert not any(fs.exists(rel) for rel in kept)
+    assert answers(data) == before
+
+
+def test_an_erasure_first_removes_the_merged_files_kept_for_readers(data):
+    fs = LocalFS(data)
+    user = connect(data).execute("SELECT user_id FROM calls WHERE user_id IS NOT NULL "
+                                 "GROUP BY 1 ORDER BY count(*) DESC LIMIT 1").fetchone()[0]
+    compact(fs, LATER, 3600, 2, grace_s=600)
+    kept = journal.pending_removals(fs)
+    assert kept
+    erase(fs, KEY.encode(), user_id=user, now=LATER)
+    assert not journal.pending_removals(fs) and not any(fs.exists(rel) for rel in kept)
+    assert _user_rows(data, user) == 0
+    raw = connect(data).execute(
+        f"SELECT count(*) FROM read_parquet('{data}/**/*.parquet', union_by_name = true) "
+        "WHERE user_id = $u", {"u": user}).fetchone()[0]
+    assert raw == 0
 
 
 # ------------------------------------------------------------------ rollups
