@@ -69,8 +69,8 @@ class KafkaSettings:
     sasl_password: str = ""
     ssl_cafile: str = ""
     #: Codec our producers compress record batches with; consumers read any. zstd shrinks
-    #: ``llm_calls`` about 9x and ``otlp_spans`` about 7x, and the stages then fetch a
-    #: fraction of the bytes (see bench/README.md). aiokafka's lz4 is level 9: slow.
+    #: ``llm_calls`` about 7.5x and ``otlp_spans`` about 6.6x, and the stages then fetch
+    #: a fraction of the bytes (bench/README.md). aiokafka's lz4 is level 9: slow.
     compression: str = "zstd"
 
     @property

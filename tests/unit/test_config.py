@@ -15,6 +15,7 @@ def test_defaults_without_file_or_env(tmp_path, monkeypatch):
     assert s.kafka.controller_port not in (9092, 9093)
     assert s.broker_dir == Path(".llmspend") / "kafka"
     assert s.lake_dir == Path(".llmspend") / "data"
+    assert s.kafka.compression == "zstd"
 
 
 def test_env_sets_nested_and_top_level_fields(tmp_path, monkeypatch):
