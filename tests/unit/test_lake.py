@@ -10,6 +10,7 @@ import json
 from decimal import Decimal
 
 import orjson
+import pyarrow as pa
 import pytest
 
 from pipeline import lake
@@ -85,6 +86,39 @@ def test_ids_and_hashes_are_written_plain_and_the_other_columns_dictionary_encod
         assert plain in L.PLAIN_COLUMNS
         assert not chunks[plain].has_dictionary_page, (ds.name, plain)
         assert chunks[repeated].has_dictionary_page, (ds.name, repeated)
+
+
+@pytest.mark.parametrize("dataset", [L.CALLS, L.AGG_1M])
+def test_split_puts_each_row_in_its_hive_partition_sorted_by_time_then_offset(traffic,
+                                                                               dataset):
+    """lake.split against the rule written out row by row, on shuffled rows of two
+    tenants (one URL-encoded), over several hours and days."""
+    import datetime as dt
+
+    import numpy as np
+
+    records, aggs, _truth = traffic
+    table = lake.decode(dataset, records if dataset is L.CALLS else aggs).table
+    tenants = np.where(np.arange(table.num_rows) % 3 == 0, "acme/eu west", "globex")
+    table = table.set_column(table.schema.get_field_index(C.TENANT), C.TENANT,
+                             pa.array(tenants))
+    shift = np.arange(table.num_rows) % 5 * 7_200_000_000      # spread over ten hours
+    ts = table.column(dataset.time_column)
+    moved = pa.array(ts.cast(pa.int64()).to_numpy() + shift).cast(ts.type)
+    table = table.set_column(table.schema.get_field_index(dataset.time_column),
+                             table.schema.field(dataset.time_column), moved)
+    table = table.take(np.random.default_rng(3).permutation(table.num_rows))
+    want: dict[str, list] = {}
+    for i, r in enumerate(table.select([C.TENANT, dataset.time_column,
+                                        L.KAFKA_OFFSET]).to_pylist()):
+        t = r[dataset.time_column].astimezone(dt.UTC)
+        rel = L.partition_dir(dataset, r[C.TENANT], t.date(),
+                              t.hour if dataset.hourly else None)
+        want.setdefault(rel, []).append((r[dataset.time_column], r[L.KAFKA_OFFSET], i))
+    got = lake.split(dataset, table)
+    assert sorted(got) == sorted(want) and len(got) > 4
+    for rel, rows in want.items():
+        assert got[rel].equals(table.take([i for *_k, i in sorted(rows)])), rel
 
 
 def test_a_retry_twin_is_one_row_in_the_calls_view(traffic, tmp_path):
