@@ -34,12 +34,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from aiokafka import codec
-from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from pipeline.config import load_settings
-from pipeline.ingest.exporter import span_records
 from pipeline.traffic import emit as emit_mod
-from pipeline.traffic.offline import llm_agg_1m_records, llm_calls_records
+from pipeline.traffic.offline import (
+    SpanRecordCollector,
+    llm_agg_1m_records,
+    llm_calls_records,
+)
 from pipeline.traffic.plan import Options, plan
 
 PARTITIONS = 6
@@ -51,22 +53,6 @@ CODECS: dict[str, tuple[Callable[[bytes], bytes], Callable[[bytes], bytes]]] = {
     "lz4": (codec.lz4_encode, codec.lz4_decode),
     "zstd": (codec.zstd_encode, codec.zstd_decode),
 }
-
-
-class _Records(SpanExporter):
-    """Keeps the ``otlp_spans`` values the Kafka exporter would send."""
-
-    def __init__(self, settings, tenant: str) -> None:
-        self.settings, self.tenant = settings, tenant
-        self.key = settings.hash_key_bytes()
-        self.values: list[bytes] = []
-
-    def export(self, spans):
-        self.values += span_records(spans, self.settings, self.tenant, self.key)
-        return SpanExportResult.SUCCESS
-
-    def shutdown(self) -> None:
-        pass
 
 
 def _batches(values: list[bytes]) -> list[bytes]:
@@ -122,9 +108,9 @@ def main() -> int:
     settings = load_settings()
     opts = Options(seed=7, calls=calls, start_time_ns=1_764_000_000 * 10**9,
                    tenants=("acme", "globex"))
-    sinks = {t: _Records(settings, t) for t in opts.tenants}
+    sinks = {t: SpanRecordCollector(settings, t) for t in opts.tenants}
     emit_mod.emit(plan(opts), sinks, max_rate=True)
-    spans = [v for s in sinks.values() for v in s.values]
+    spans = [v for s in sinks.values() for v in s.records]
     llm_calls = llm_calls_records(opts, settings, PARTITIONS)
     partials = llm_agg_1m_records(llm_calls, PARTITIONS)
     n_calls = sum(body.count(b"\n") for _, _, body in llm_calls)

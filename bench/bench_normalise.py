@@ -36,13 +36,12 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
-from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from pipeline import calls_ndjson, normalise_columnar, otlp, otlp_wire, pricing
 from pipeline.config import Settings
-from pipeline.ingest.exporter import span_records
 from pipeline.normalise import calls_to_ndjson, normalise
 from pipeline.traffic.emit import emit
+from pipeline.traffic.offline import SpanRecordCollector
 from pipeline.traffic.plan import Options, plan
 
 T0 = 1_760_000_000 * 10**9
@@ -210,27 +209,12 @@ def by_eight(batches: list[pa.Table]) -> list[tuple[pa.Table, list[int]]]:
             for i in range(0, len(batches), 8)]
 
 
-class _Records(SpanExporter):
-    """Keeps each export as the ``otlp_spans`` records the Kafka exporter would write."""
-
-    def __init__(self, settings: Settings, tenant: str, key: bytes) -> None:
-        self.settings, self.tenant, self.key = settings, tenant, key
-        self.records: list[bytes] = []
-
-    def export(self, spans):
-        self.records += span_records(spans, self.settings, self.tenant, self.key)
-        return SpanExportResult.SUCCESS
-
-    def shutdown(self) -> None:
-        pass
-
-
 def generator_traffic(n_calls: int, settings: Settings, catalog: pricing.Catalog,
                       key: bytes) -> bool:
     """(g): the generator's traffic (the real OTel SDK, content hashed, errors and
     timeouts, agents and tools) as ``otlp_spans`` records, 8 records a batch as the
     stage batches them; checks the first batch against the reference."""
-    sink = _Records(settings, "default", key)
+    sink = SpanRecordCollector(settings, "default", key)
     emit(plan(Options(seed=17, calls=n_calls, service_prefix="bench-", rate=100.0,
                       start_time_ns=time.time_ns())), {"default": sink}, max_rate=True)
     records = sink.records

@@ -33,6 +33,8 @@ from pipeline.config import load_settings
 from pipeline.timealign import TimeAligner
 from pipeline.traffic.offline import llm_agg_1m_records, llm_calls_records
 from pipeline.traffic.plan import Options
+from schemas import aggregates as G
+from schemas import alerts as A
 
 PARTITIONS = 6
 FETCH = 5000
@@ -51,7 +53,7 @@ def backlog(minutes: int, rate: float) -> list[tuple[int, int, dict]]:
     out = []
     for i, (_src, value) in enumerate(llm_agg_1m_records(calls, PARTITIONS)):
         p = orjson.loads(value)
-        out.append((zlib.crc32(p["agg_id"].encode()) % PARTITIONS, i, p))
+        out.append((zlib.crc32(p[G.AGG_ID].encode()) % PARTITIONS, i, p))
     return out
 
 
@@ -64,7 +66,7 @@ def best_of(runs: int, f, *args) -> tuple[set[str], float]:
 
 
 def fired(alerts: list[dict]) -> set[str]:
-    return {a["dedup_key"] for a in alerts if a["state"] == "firing"}
+    return {a[A.DEDUP_KEY] for a in alerts if a[A.STATE] == A.FIRING}
 
 
 def live(parts: list[tuple[int, int, dict]]) -> tuple[set[str], float]:

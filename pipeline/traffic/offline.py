@@ -31,6 +31,25 @@ class RequestCollector(SpanExporter):
         pass
 
 
+class SpanRecordCollector(SpanExporter):
+    """Keeps each export as the ``otlp_spans`` record values the Kafka exporter would
+    write (content hashed, split under the record limit): what benchmarks feed in."""
+
+    def __init__(self, settings: Settings, tenant: str, key: bytes | None = None) -> None:
+        self.settings, self.tenant = settings, tenant
+        self.key = settings.hash_key_bytes() if key is None else key
+        self.records: list[bytes] = []
+
+    def export(self, spans):
+        from pipeline.ingest.exporter import span_records
+
+        self.records += span_records(spans, self.settings, self.tenant, self.key)
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        pass
+
+
 def llm_calls_records(opts: Options, settings: Settings, partitions: int
                       ) -> list[tuple[int, int, bytes]]:
     """(partition, record timestamp ms, NDJSON body) of every ``llm_calls`` record the
