@@ -443,3 +443,73 @@ def test_each_partial_carries_the_sketch_and_cost_of_its_own_calls() -> None:
 def test_money_text_is_the_decimal_of_the_pico_dollars(pico) -> None:
     from pipeline.aggregate import _money
     assert _money(pico) == format(Decimal(pico).scaleb(-12), "f")
+
+
+_SESSION_CALL = st.fixed_dictionaries({
+    "id": st.integers(0, 30),                      # twins must not move a session's state
+    "session": st.sampled_from(["s1", "s2", "s3"]),
+    "model": st.sampled_from(["gpt-4o-mini", "gpt-4o", "o3", "claude-haiku-4-5"]),
+    "provider": st.sampled_from(["openai", "openai", "azure"]),
+    "status": st.sampled_from(["ok", "ok", "error"]),
+    "kind": st.sampled_from([C.KIND_LLM, C.KIND_LLM, C.KIND_LLM, C.KIND_TOOL]),
+    "minute": st.integers(0, 12), "latency": st.integers(0, 200_000)})
+
+
+# Steps up to 7 minutes: previous calls fall out of the rule window and the horizon too.
+@given(st.lists(st.tuples(st.integers(0, 14).map(lambda k: k * 30_000),
+                          st.lists(_SESSION_CALL, max_size=10)),
+                min_size=1, max_size=12))
+@settings(max_examples=80, deadline=None)
+def test_fallbacks_and_escalations_follow_each_session_call_by_call(records):
+    """Per group key, fallbacks and escalations equal the rules applied call by call in
+    log order to each session's previous counted LLM call (within the dedup horizon and
+    the rule window), whatever the twins, tool calls and record boundaries."""
+    cfg = AggregateConfig(ladders=(("gpt-4o-mini", "gpt-4o", "o3"),),
+                          dedup_horizon_ms=300_000, session_rule_window_ms=240_000,
+                          segment_records=4)
+    rank = cfg.rank()
+    agg = PartitionAggregator(0, cfg)
+    parts, seen, last = [], {}, {}
+    want: dict[tuple, list[int]] = {}
+    stamp = T0 + 20 * MIN
+    for offset, (step, calls) in enumerate(records):
+        stamp += step
+        rows = []
+        for c in calls:
+            start = T0 + c["minute"] * MIN
+            row = {**call(c["id"], start, model=c["model"], session=c["session"],
+                          status=c["status"], latency=float(c["latency"])),
+                   C.KIND: c["kind"], C.PROVIDER: c["provider"]}
+            rows.append(row)
+            first = seen.get(row[C.CALL_ID])
+            if first is not None and first >= stamp - cfg.dedup_horizon_ms:
+                continue
+            seen[row[C.CALL_ID]] = stamp
+            if c["kind"] != C.KIND_LLM:
+                continue
+            prev = last.get(c["session"])
+            last[c["session"]] = (c["model"], c["provider"], c["status"] == "ok",
+                                  start + c["latency"], stamp)
+            fallback = escalation = False
+            if prev is not None and prev[4] >= stamp - cfg.dedup_horizon_ms \
+                    and start - prev[3] <= cfg.session_rule_window_ms:
+                if not prev[2]:
+                    fallback = (c["model"], c["provider"]) != prev[:2]
+                elif c["model"] in rank and prev[0] in rank:
+                    escalation = rank[c["model"]][0] == rank[prev[0]][0] \
+                        and rank[c["model"]][1] > rank[prev[0]][1]
+            key = (start - start % MIN, c["model"], c["provider"])
+            w = want.setdefault(key, [0, 0])
+            w[0] += fallback
+            w[1] += escalation
+        parts += agg.add(table(rows), offset, stamp).partials
+    parts += agg.add(table([]), len(records), stamp + 3 * 3_600_000).partials
+    from pipeline.detect import time_us
+
+    got: dict[tuple, list[int]] = {}
+    for (_, ws, key), t in totals(parts).items():
+        g = got.setdefault((time_us(ws) // 1000, key[3], key[2]), [0, 0])
+        g[0] += t["fallbacks"]
+        g[1] += t["escalations"]
+    assert {k: v for k, v in got.items() if any(v)} == \
+        {k: v for k, v in want.items() if any(v)}
