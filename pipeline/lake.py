@@ -185,7 +185,7 @@ def split(dataset: L.Dataset, table: pa.Table) -> dict[str, pa.Table]:
     us = ts.cast(pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_numpy()
     hours = us // _US_PER_HOUR
     bucket = hours if dataset.hourly else hours // 24
-    codes = pc.dictionary_encode(tenant).combine_chunks()
+    codes = pc.dictionary_encode(tenant).combine_chunks()   # one dictionary for all chunks
     code = codes.indices.to_numpy()
     names = codes.dictionary.to_pylist()
     order = np.lexsort((table.column(L.KAFKA_OFFSET).to_numpy(), us, bucket, code))
