@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import sys
 import time
-import zlib
 
 import orjson
 
 from pipeline.anomaly import WindowDetector
 from pipeline.config import load_settings
+from pipeline.normalise import murmur2_partition
 from pipeline.timealign import TimeAligner
 from pipeline.traffic.offline import llm_agg_1m_records, llm_calls_records
 from pipeline.traffic.plan import Options
@@ -53,7 +53,8 @@ def backlog(minutes: int, rate: float) -> list[tuple[int, int, dict]]:
     out = []
     for i, (_src, value) in enumerate(llm_agg_1m_records(calls, PARTITIONS)):
         p = orjson.loads(value)
-        out.append((zlib.crc32(p[G.AGG_ID].encode()) % PARTITIONS, i, p))
+        # the partition Kafka's default partitioner gives the aggregate stage's key
+        out.append((murmur2_partition(p[G.AGG_ID].encode(), PARTITIONS), i, p))
     return out
 
 
