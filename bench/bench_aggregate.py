@@ -9,6 +9,8 @@ record is stamped just after its calls ended (a live pipeline).
 Measures, on one core:
 
   (k) the pure kernel: ``callbatch.from_ndjson`` + ``PartitionAggregator.add``;
+  (s) the state the fold touches: distinct sessions and (view, window, key)s in each
+      record, per call;
   (q) quantile accuracy: P50/P95/P99 per model and overall from the merged partials vs
       the exact lower nearest rank of the calls' latencies;
   (e) end to end through Kafka and Faust: one ``llmspend worker`` (aggregate stage)
@@ -40,6 +42,8 @@ from pipeline.aggregate import AggregateConfig, PartitionAggregator, merge_parti
 from pipeline.config import load_settings
 from pipeline.traffic.offline import llm_calls_records
 from pipeline.traffic.plan import Options
+from schemas import aggregates as A
+from schemas import calls as C
 from schemas.topics import LLM_CALLS
 
 PARTITIONS = 6
@@ -72,6 +76,25 @@ def kernel(records, cfg: AggregateConfig):
         partials += agg.add(callbatch.CallBatch.empty(), offsets[part], last).partials
     fold_s = time.perf_counter() - t
     return partials, batches, decode_s, fold_s
+
+
+def state_per_call(batches, window_ms: int) -> dict[str, float]:
+    """(s): per call, how many distinct sessions and (view, window, key)s its record
+    holds, and the share of calls naming a business unit: the fold's Python work is per
+    distinct key and session (dict lookups into the state), so this bounds its cost."""
+    out = dict.fromkeys(("sessions", *A.VIEW_KEYS, "unit-naming calls"), 0)
+    n = 0
+    for b in batches:
+        L, n = b.lists, n + b.n
+        windows = (b.start_ms - b.start_ms % window_ms).tolist()
+        out["sessions"] += len(set(zip(L[C.TENANT], L[C.SESSION_ID], strict=True)))
+        for view, names in A.VIEW_KEYS.items():
+            rows = zip(windows, *(L[c] for c in names), strict=True)
+            if view == A.VIEW_UNIT:
+                rows = (r for r, u in zip(rows, L[C.UNIT_ID], strict=True) if u)
+            out[view] += len(set(rows))
+        out["unit-naming calls"] += sum(1 for u in L[C.UNIT_ID] if u)
+    return {k: v / max(n, 1) for k, v in out.items()}
 
 
 def accuracy(partials, batches) -> tuple[float, list[str]]:
@@ -218,11 +241,14 @@ def main() -> None:
           f"{time.perf_counter() - t:.0f} s")
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
-    partials, batches, decode_s, fold_s = kernel(records, AggregateConfig.from_settings(
-        settings.aggregate))
+    cfg = AggregateConfig.from_settings(settings.aggregate)
+    partials, batches, decode_s, fold_s = kernel(records, cfg)
     print(f"(k) pure kernel, one core      : {n_rows / (decode_s + fold_s):10,.0f} calls/s  "
           f"(from_ndjson {n_rows / decode_s:,.0f}/s, add {n_rows / fold_s:,.0f}/s; "
           f"{len(partials)} partials)")
+    per_call = state_per_call(batches, cfg.window_ms)
+    print("(s) distinct in a record, per call: "
+          + ", ".join(f"{k} {v:.2f}" for k, v in per_call.items()))
     worst, lines = accuracy(partials, batches)
     print(f"(q) quantile accuracy vs exact lower nearest rank: max relative error "
           f"{worst:.4%} (target <= 1%)")
