@@ -891,11 +891,8 @@ def _gather(buf: np.ndarray, off: np.ndarray, ln: np.ndarray) -> tuple[np.ndarra
     for i in range(n):
         offsets[i + 1] = offsets[i] + ln[i]
     data = np.empty(offsets[n], np.uint8)
-    for i in range(n):
-        o = offsets[i]
-        a = off[i]
-        for k in range(ln[i]):
-            data[o + k] = buf[a + k]
+    for i in range(n):       # slice copies: numba makes them memcpy, far quicker than a loop
+        data[offsets[i]:offsets[i + 1]] = buf[off[i]:off[i] + ln[i]]
     return offsets, data
 
 
@@ -921,11 +918,9 @@ def _gather_values(buf: np.ndarray, side: np.ndarray, typ: np.ndarray, off: np.n
         o = offsets[i]
         a = off[i]
         if t == S.STRING:
-            for k in range(ln[i]):
-                data[o + k] = buf[a + k]
+            data[o:o + ln[i]] = buf[a:a + ln[i]]
         elif t == S.ARRAY or t == S.KVLIST:
-            for k in range(ln[i]):
-                data[o + k] = side[a + k]
+            data[o:o + ln[i]] = side[a:a + ln[i]]
         elif t == S.BYTES:
             for k in range(ln[i]):
                 b = buf[a + k]
