@@ -9,8 +9,8 @@ record is stamped just after its calls ended (a live pipeline).
 Measures, on one core:
 
   (k) the pure kernel: ``callbatch.from_ndjson`` + ``PartitionAggregator.add``;
-  (s) the state the fold touches: distinct sessions and (view, window, key)s in each
-      record, per call;
+  (s) the state the fold touches: distinct sessions and (view, window, key)s per call,
+      within each record and across the run (per partition);
   (q) quantile accuracy: P50/P95/P99 per model and overall from the merged partials vs
       the exact lower nearest rank of the calls' latencies;
   (e) end to end through Kafka and Faust: one ``llmspend worker`` (aggregate stage)
