@@ -118,8 +118,9 @@ def apply(fs: LakeFS, swap: Swap, verify: Callable[[dict[str, str]], None] | Non
 
 
 def _redo(fs: LakeFS, journal: str, hook: Hook, now: float, force: bool = False) -> bool:
-    """Step 4 of ``journal``; the removals only once due (or ``force``). True if a
-    temporary was still to rename (the swap had been interrupted)."""
+    """Step 4 of ``journal``; the removals only once due (or ``force``). True if the
+    swap had been interrupted: a temporary still to rename, or a journal without kept
+    files (``apply`` removes those itself) still there."""
     text = fs.read_text(journal)
     if text is None:
         return False
@@ -132,11 +133,9 @@ def _redo(fs: LakeFS, journal: str, hook: Hook, now: float, force: bool = False)
             hook("rename")
     if not force and entry.get("remove_after", 0) > now:
         return interrupted
-    finals = {final for _tmp, final in entry["renames"]}
-    for rel in entry["removes"]:
-        if rel not in finals:
-            fs.remove(rel)
-            hook("remove")
+    for rel in _removed(entry):
+        fs.remove(rel)
+        hook("remove")
     fs.remove(journal)
     return interrupted or "remove_after" not in entry
 
@@ -161,9 +160,14 @@ def pending_removals(fs: LakeFS) -> set[str]:
     for journal in fs.list(L.JOBS_DIR, ".json"):
         text = fs.read_text(journal)
         if text is not None:
-            entry = json.loads(text)
-            out.update(set(entry["removes"]) - {f for _t, f in entry["renames"]})
+            out.update(_removed(json.loads(text)))
     return out
+
+
+def _removed(entry: dict) -> list[str]:
+    """The files a journal's swap removes (not those a new file took the place of)."""
+    finals = {final for _tmp, final in entry["renames"]}
+    return [rel for rel in entry["removes"] if rel not in finals]
 
 
 @contextlib.contextmanager

@@ -9,6 +9,7 @@ from urllib.parse import unquote
 
 import pyarrow as pa
 
+from jobs.journal import pending_removals
 from pipeline.lake_fs import LakeFS
 from schemas import calls as C
 from schemas import lake as L
@@ -51,8 +52,6 @@ def partitions(fs: LakeFS, dataset: L.Dataset) -> list[Partition]:
     """Every partition of ``dataset`` holding at least one Parquet file, oldest first.
     Files a swap replaced and keeps for readers (``journal.pending_removals``) are not
     listed: their rows are in the files that replaced them."""
-    from jobs.journal import pending_removals
-
     gone = pending_removals(fs)
     by_dir: dict[str, list[str]] = defaultdict(list)
     for rel in fs.list(dataset.name, ".parquet"):
