@@ -105,3 +105,29 @@ def test_lines_read_back_to_the_same_table() -> None:
         C.LATENCY_MS: 1.5, C.ISSUES: 'say "hi"\n'}
     calls = pa.Table.from_pylist([row], schema=C.CALLS)
     assert N.ndjson_to_calls(calls_ndjson.lines(calls)).equals(calls)
+
+
+@given(st.lists(st.one_of(st.integers(-(10**15) + 1, 10**15 - 1),
+                          st.integers(0, 200), st.integers(10**14, 10**15 + 10)),
+                max_size=40))
+@example([0, 100, 99, 1_000_000, 244_292_000, 10**15 - 1, 10**15, -100, -1])
+def test_latencies_of_whole_nanoseconds_are_the_reference_text(ns) -> None:
+    """Latencies and TTFTs are integer nanoseconds / 1e6: the kernel writes those
+    itself (no repr per call), as repr writes them, on either side of its limits."""
+    base = {c.name: None for c in C.COLUMNS}
+    rows = [{**base, C.CALL_ID: str(i), C.LATENCY_MS: n / 1e6, C.TTFT_MS: -n / 1e6}
+            for i, n in enumerate(ns)]
+    calls = pa.Table.from_pylist(rows, schema=C.CALLS)
+    assert calls_ndjson.lines(calls) == N.calls_to_ndjson(calls)
+
+
+def test_floats_the_kernel_writes_are_exactly_those_of_whole_microseconds() -> None:
+    """The fast path's test: N / 1e6 is taken, its neighbours and 1e-4's are not."""
+    import numpy as np
+
+    x = np.array([244.292, np.nextafter(244.292, 1e9), 0.0, -0.0, 1e-4, 9.9e-5, 1e9,
+                  999999999.999999, float("nan"), float("inf"), 0.1 + 0.2])
+    micros, exact = calls_ndjson.whole_micros(x)
+    assert exact.tolist() == [True, False, True, False, True, False, False, True,
+                              False, False, False]
+    assert micros[0] == 244_292_000 and micros[7] == 999_999_999_999_999
