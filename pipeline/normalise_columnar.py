@@ -29,11 +29,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from numba import njit
 
 from pipeline import call_ids, pricing, privacy
 from pipeline import conventions as cv
 from pipeline import normalise as ref
-from pipeline.arrow_buffers import HEX_DIGITS, binary_buffers, money_from_pico
+from pipeline.arrow_buffers import HEX_DIGITS, binary_buffers, money_from_pico, validity
 from pipeline.config import Settings
 from schemas import calls as C
 from schemas import spans as S
@@ -60,49 +61,108 @@ _IS_VALUED[_VALUED.astype(np.uint8)] = True
 # ------------------------------------------------------------------ gathering attributes
 
 
+@njit(cache=True)
+def _place(list_offs: np.ndarray, kidx: np.ndarray, ncols: int
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One pass over a list column's values: the span of every value (``row_of``, -1
+    outside the list), and the values of each wanted key (``kidx``, -1: not wanted)
+    grouped by key, in value order: key j's (span, value position) pairs are
+    ``seg_row``/``seg_pos[starts[j]:starts[j + 1]]``. A span naming a key twice is
+    flagged in ``dup``."""
+    n = len(list_offs) - 1
+    row_of = np.full(len(kidx), -1, np.int64)
+    starts = np.zeros(ncols + 1, np.int64)
+    for r in range(n):
+        for i in range(list_offs[r], list_offs[r + 1]):
+            row_of[i] = r
+            if kidx[i] >= 0:
+                starts[kidx[i] + 1] += 1
+    for j in range(ncols):
+        starts[j + 1] += starts[j]
+    fill = starts[:-1].copy()
+    seg_row = np.empty(starts[ncols], np.int64)
+    seg_pos = np.empty(starts[ncols], np.int64)
+    dup = np.zeros(n, np.bool_)
+    for r in range(n):
+        for i in range(list_offs[r], list_offs[r + 1]):
+            k = kidx[i]
+            if k >= 0:
+                q = fill[k]
+                if q > starts[k] and seg_row[q - 1] == r:
+                    dup[r] = True
+                seg_row[q] = r
+                seg_pos[q] = i
+                fill[k] = q + 1
+    return row_of, starts, seg_row, seg_pos, dup
+
+
 class _Attrs:
     """One attributes column, gathered for the keys the normaliser reads.
 
     ``pos(key)`` is, per span, the index of that key's value in the flattened values
     (-1: absent); the value columns are numpy arrays (ints, doubles) or Arrow (strings).
     A span naming one key twice is listed in ``dup_rows`` (the reference keeps the last;
-    such spans take the reference path).
+    such spans take the reference path). Positions are made per key on first use, and
+    every key no span carries shares one read-only column of -1: most of the keys the
+    conventions name are absent from any one batch.
     """
 
-    def __init__(self, column: pa.ChunkedArray | pa.ListArray, keys: Sequence[str]) -> None:
+    def __init__(self, column: pa.ChunkedArray | pa.ListArray, wanted: Sequence[str]) -> None:
         arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
         self.n = n = len(arr)
-        offsets = arr.offsets.to_numpy().astype(np.int64)
+        offsets = arr.offsets.to_numpy()
         values = arr.values
-        self.keys = values.field("key")
+        # Keys hashed once: every later question about keys is asked of the distinct
+        # ones (a few dozen), then read back per value through the codes.
+        keys = pc.dictionary_encode(values.field("key"))
+        self.distinct_keys = keys.dictionary
+        self.key_code = keys.indices.fill_null(-1).to_numpy(zero_copy_only=False)
         self.type = values.field("type").to_numpy(zero_copy_only=False)
         self.str = values.field("str")
         self.int = values.field("int").fill_null(0).to_numpy(zero_copy_only=False)
         self.dbl = values.field("dbl").fill_null(0.0).to_numpy(zero_copy_only=False)
         self.bool = values.field("bool").fill_null(False).to_numpy(zero_copy_only=False)
-        empty = pc.fill_null(pc.equal(self.str, ""), False).to_numpy(zero_copy_only=False)
+        m = len(values)
+        str_len = np.diff(binary_buffers(self.str)[1]) if m else np.zeros(0, np.int64)
+        empty = (str_len == 0) & validity(self.str)
         code = self.type.astype(np.uint8)                 # a table lookup, not np.isin
-        self.valued = _IS_VALUED[code] & ~(_IS_STRINGY[code] & empty)
         # Padded with the value of "absent" so that position -1 reads it (one gather).
-        self.type_pad = np.append(self.type.astype(np.int64), -1)
-        self.valued_pad = np.append(self.valued, False)
-        self.int_pad = np.append(self.int.astype(np.int64), 0)
-        self.bool_pad = np.append(self.bool.astype(bool), False)
-        self.row_of = np.full(len(values), -1, np.int64)
-        self.row_of[offsets[0]:offsets[-1]] = np.repeat(np.arange(n), np.diff(offsets))
-        self.col = {k: j for j, k in enumerate(dict.fromkeys(keys))}
-        kidx = pc.index_in(self.keys, value_set=pa.array(list(self.col), pa.string()))
-        kidx = kidx.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
-        hit = np.nonzero((kidx >= 0) & (self.row_of >= 0))[0]
-        self.table = np.full((n, max(len(self.col), 1)), -1, np.int64)
-        rows, cols = self.row_of[hit], kidx[hit]
-        self.table[rows, cols] = hit
-        # A key named twice on a span: one of its positions lost the cell to another.
-        self.dup_rows = np.zeros(n, bool)
-        self.dup_rows[rows[self.table[rows, cols] != hit]] = True
+        self.type_pad = np.empty(m + 1, np.int64)
+        self.type_pad[:m], self.type_pad[m] = self.type, -1
+        self.valued_pad = np.empty(m + 1, bool)
+        self.valued_pad[:m] = _IS_VALUED[code] & ~(_IS_STRINGY[code] & empty)
+        self.valued_pad[m] = False
+        self.int_pad = np.empty(m + 1, np.int64)
+        self.int_pad[:m], self.int_pad[m] = self.int, 0
+        self.bool_pad = np.empty(m + 1, bool)
+        self.bool_pad[:m], self.bool_pad[m] = self.bool, False
+        self.col = {k: j for j, k in enumerate(dict.fromkeys(wanted))}
+        kidx = self._per_value(pc.index_in(self.distinct_keys, value_set=pa.array(
+            list(self.col), pa.string())).fill_null(-1).to_numpy(zero_copy_only=False), -1)
+        self.row_of, self._starts, self._seg_row, self._seg_pos, self.dup_rows = _place(
+            offsets, kidx, len(self.col))
+        self._pos: dict[int, np.ndarray] = {}
+        self._absent = np.full(n, -1, np.int64)
+        self._absent.flags.writeable = False
+
+    def _per_value(self, of_distinct: np.ndarray, missing: Any) -> np.ndarray:
+        """A value per distinct key, read back per attribute value (``missing`` for a
+        null key)."""
+        return np.append(of_distinct, missing)[self.key_code]
 
     def pos(self, key: str) -> np.ndarray:
-        return self.table[:, self.col[key]]
+        j = self.col[key]
+        p = self._pos.get(j)
+        if p is None:
+            a, b = self._starts[j], self._starts[j + 1]
+            if a == b:
+                p = self._absent
+            else:            # (a span naming the key twice is in dup_rows: the reference's)
+                p = np.full(self.n, -1, np.int64)
+                p[self._seg_row[a:b]] = self._seg_pos[a:b]
+                p.flags.writeable = False
+            self._pos[j] = p
+        return p
 
     def at(self, values: np.ndarray, p: np.ndarray, missing: Any) -> np.ndarray:
         """``values`` at positions ``p`` (``missing`` where p is -1)."""
@@ -117,8 +177,9 @@ class _Attrs:
         return self.valued_pad[p]
 
     def str_at(self, p: np.ndarray) -> pa.Array:
-        return self.str.take(pa.array(p, mask=p < 0)) if len(self.str) else \
-            pa.nulls(len(p), pa.string())
+        if p is self._absent or not len(self.str):
+            return pa.nulls(len(p), pa.string())
+        return self.str.take(pa.array(p, mask=p < 0))
 
     def equals(self, p: np.ndarray, text: str) -> np.ndarray:
         """Per span: the value at ``p`` is the string ``text``."""
@@ -127,12 +188,16 @@ class _Attrs:
 
     def first(self, sources: Iterable[cv.Source]) -> np.ndarray:
         """Position of :func:`pipeline.conventions.first`'s pick per span (-1: none)."""
-        out = np.full(self.n, -1, np.int64)
+        out = self._absent           # (no source present: no gather, no new column)
         for src in sources:
             p = self.pos(src.key)
+            if p is self._absent:
+                continue
             ok = (out < 0) & self.is_valued(p)
             if src.when is not None:
                 ok &= self.equals(self.pos(src.when[0]), src.when[1])
+            if out is self._absent:
+                out = np.full(self.n, -1, np.int64)
             out[ok] = p[ok]
         return out
 
@@ -141,8 +206,9 @@ class _Attrs:
         keys = list(keys)
         out = np.zeros(self.n, bool)
         if keys:
-            mask = pc.is_in(self.keys, value_set=pa.array(keys, pa.string()))
-            rows = self.row_of[mask.to_numpy(zero_copy_only=False) & (self.row_of >= 0)]
+            hit = pc.is_in(self.distinct_keys, value_set=pa.array(keys, pa.string()))
+            mask = self._per_value(hit.to_numpy(zero_copy_only=False), False)
+            rows = self.row_of[mask & (self.row_of >= 0)]
             out[rows] = True
         return out
 
@@ -289,9 +355,11 @@ class _Batch:
         out = pa.nulls(self.n, pa.string())
         found = np.zeros(self.n, bool)
         for attrs in (self.A, self.R):
+            present = [pk for pk in map(attrs.pos, keys) if pk is not attrs._absent]
+            if not present:
+                continue
             p = np.full(self.n, -1, np.int64)
-            for k in keys:
-                pk = attrs.pos(k)
+            for pk in present:
                 ok = (p < 0) & ~found & attrs.is_valued(pk)
                 p[ok] = pk[ok]
             self.mark((p >= 0) & (attrs.type_at(p) != S.STRING))
@@ -446,7 +514,7 @@ def normalise(spans: pa.Table, settings: Settings, catalog: pricing.Catalog,
     A, n = b.A, b.n
 
     # Spans the reference handles whole: content, fees, events, sampling, opted-in tenants.
-    b.mark(A.rows_having(k for k in pc.unique(A.keys).to_pylist() if _special(k)))
+    b.mark(A.rows_having(k for k in A.distinct_keys.to_pylist() if k is not None and _special(k)))
     b.mark(pc.list_value_length(spans.column("events")).to_numpy(zero_copy_only=False) > 0)
     b.mark(pc.not_equal(b.col["trace_state"], "").to_numpy(zero_copy_only=False))
     b.mark(A.rows_having(cv.SAMPLING_ATTRIBUTES))
