@@ -45,6 +45,10 @@ _reference = ref.normalise
 _LLM, _TOOL, _AGENT, _CHAIN, _OTHER = range(5)
 _KIND_NAMES = (C.KIND_LLM, C.KIND_TOOL, "agent", "chain", "other")  # cv.KIND_MARKERS
 _KIND_CODE = {k: i for i, k in enumerate(_KIND_NAMES)}
+#: Texts of small codes, taken per row (no Python string per row).
+_KIND_TEXT = pa.array(_KIND_NAMES, pa.string())
+_STATUS_TEXT = pa.array([C.STATUS_OK, C.STATUS_ERROR], pa.string())    # by the error flag
+_CONVENTION_TEXT = pa.array(cv.CONVENTIONS, pa.string())
 _MARKERS = {key: {v.lower(): _KIND_CODE[kind] for k, v, kind in cv.KIND_MARKERS if k == key}
             for key in cv.KIND_KEYS}
 _STRINGY = np.array([S.STRING, S.ARRAY, S.KVLIST, S.BYTES], np.int8)
@@ -140,7 +144,7 @@ class _Attrs:
         kidx = self._per_value(pc.index_in(self.distinct_keys, value_set=pa.array(
             list(self.col), pa.string())).fill_null(-1).to_numpy(zero_copy_only=False), -1)
         self.row_of, self._starts, self._seg_row, self._seg_pos, self.dup_rows = _place(
-            offsets, kidx, len(self.col))
+            offsets.astype(np.int64), kidx.astype(np.int64, copy=False), len(self.col))
         self._pos: dict[int, np.ndarray] = {}
         self._absent = np.full(n, -1, np.int64)
         self._absent.flags.writeable = False
@@ -550,6 +554,12 @@ def normalise(spans: pa.Table, settings: Settings, catalog: pricing.Catalog,
     return ref.NormaliseResult(calls, _stats(n, kind, calls))
 
 
+def warm_up() -> None:
+    """Compile (or load from numba's cache) the kernel before the first real batch, as
+    the stage does for the decoder's: a worker's first batch would otherwise wait."""
+    _place(np.zeros(2, np.int64), np.full(1, -1, np.int64), 1)
+
+
 def _each_record(spans: pa.Table, records: Sequence[int], settings: Settings,
                  catalog: pricing.Catalog, hash_key: bytes, now: dt.datetime | None
                  ) -> ref.NormaliseResult:
@@ -686,7 +696,7 @@ def _price(b: _Batch, f: dict[str, Any], is_llm: np.ndarray, is_call: np.ndarray
     n, ctx = b.n, b.ctx
     out = {"list": np.zeros(n, np.int64), "cost": np.zeros(n, np.int64),
            "valid": np.zeros(n, bool), "priced": np.zeros(n, bool),
-           "model": np.full(n, None, object), "version": np.full(n, None, object),
+           "quote_id": np.full(n, -1, np.int64), "quotes": [],
            "issue_id": np.zeros(n, np.int64), "issue_sets": [()]}
     tool = is_call & ~is_llm
     out["valid"][tool] = out["priced"][tool] = True
@@ -901,8 +911,8 @@ def _set_issues(out: dict[str, Any], sel: np.ndarray, issues: tuple[str, ...]) -
 
 def _set_quote(out: dict[str, Any], sel: np.ndarray, q: pricing.Quote) -> None:
     _set_issues(out, sel, q.issues)
-    out["model"][sel] = q.model
-    out["version"][sel] = q.price_version if q.priced else None
+    out["quote_id"][sel] = len(out["quotes"])       # (model, price version) of the rows
+    out["quotes"].append((q.model, q.price_version if q.priced else None))
     out["priced"][sel] = q.priced
 
 
@@ -941,10 +951,11 @@ def _fast_table(b: _Batch, f: dict[str, Any], p: dict[str, Any], rows: np.ndarra
 
     start, end = f["start"][rows], f["end"][rows]
     unit = np.int64(1000)
-    kinds = np.array(_KIND_NAMES, object)[f["kind"][rows]]
+    quote = p["quote_id"][rows]
+    quote = pa.array(quote, mask=quote < 0)
     cols = {
         C.CALL_ID: call_ids,
-        C.KIND: pa.array(kinds, pa.string()),
+        C.KIND: _KIND_TEXT.take(f["kind"][rows]),
         C.TENANT: tenant,
         C.SERVICE: take(f["service"]),
         C.ENVIRONMENT: take(f["environment"]),
@@ -958,7 +969,7 @@ def _fast_table(b: _Batch, f: dict[str, Any], p: dict[str, Any], rows: np.ndarra
         C.PROVIDER: take(f["provider"]),
         C.REQUEST_MODEL: take(f["request_model"]),
         C.RESPONSE_MODEL: take(f["response_model"]),
-        C.MODEL: pa.array(p["model"][rows], pa.string()),
+        C.MODEL: pa.array([m for m, _ in p["quotes"]], pa.string()).take(quote),
         C.INPUT_TOKENS: ints("input"),
         C.OUTPUT_TOKENS: ints("output"),
         C.CACHED_INPUT_TOKENS: ints("cache_read"),
@@ -968,8 +979,7 @@ def _fast_table(b: _Batch, f: dict[str, Any], p: dict[str, Any], rows: np.ndarra
         C.END_TIME: pa.array(end // unit, pa.int64()).cast(C.TIME),
         C.LATENCY_MS: pa.array((end - start) / 1e6, pa.float64()),
         C.TTFT_MS: take(f["ttft"]),
-        C.STATUS: pa.array(np.where(f["error"][rows], C.STATUS_ERROR, C.STATUS_OK),
-                           pa.string()),
+        C.STATUS: _STATUS_TEXT.take(f["error"][rows].view(np.int8)),
         C.ERROR_TYPE: take(f["error_type"]),
         C.FINISH_REASON: take(f["finish_reasons"]),
         C.TOOL_NAME: take(f["tool_name"]),
@@ -987,12 +997,12 @@ def _fast_table(b: _Batch, f: dict[str, Any], p: dict[str, Any], rows: np.ndarra
         C.LIST_COST_USD: money_from_pico(p["list"][rows], p["valid"][rows]),
         C.APP_REPORTED_COST_USD: take(f["app_cost"]),
         C.PRICED: pa.array(p["priced"][rows], pa.bool_()),
-        C.PRICE_VERSION: pa.array(p["version"][rows], pa.string()),
+        C.PRICE_VERSION: pa.array([v for _, v in p["quotes"]], pa.string()).take(quote),
         C.BATCH: pa.array(f["batch"][rows], pa.bool_()),
         C.FEES: pa.nulls(len(rows), pa.string()),
         C.SAMPLING_RATIO: pa.nulls(len(rows), pa.float64()),
         C.SERVER_ADDRESS: take(f["server_address"]),
-        C.CONVENTION: pa.array(np.array(cv.CONVENTIONS, object)[f["conv"][rows]], pa.string()),
+        C.CONVENTION: _CONVENTION_TEXT.take(f["conv"][rows]),
         C.ISSUES: _issues(f["pre_flags"], p["issue_id"], p["issue_sets"], rows),
         C.INPUT_MESSAGES: pa.nulls(len(rows), pa.string()),
         C.OUTPUT_MESSAGES: pa.nulls(len(rows), pa.string()),

@@ -264,6 +264,7 @@ def register(app, settings: Settings, heartbeats: bool = False,
     log.info("OTLP wire decoder ready in %.1f s (native: %s)", otlp_wire.warm_up(),
              otlp_wire.NATIVE)
     calls_ndjson.warm_up()
+    columnar.warm_up()
     call_ids.warm_up()
     source = app.topic(OTLP_SPANS, value_type=bytes, value_serializer="raw")
     calls_topic = app.topic(LLM_CALLS, value_type=bytes, value_serializer="raw")
