@@ -222,6 +222,24 @@ def test_an_agent_in_another_record_is_not_the_calls_agent() -> None:
     assert apart.calls.column(C.AGENT).to_pylist() == [None]
 
 
+def test_a_span_sent_twice_leaves_the_batch_to_the_reference(monkeypatch) -> None:
+    """Repeated (trace, span) ids: the columnar path does not guess which span is the
+    parent; the reference takes the batch (and its result is the columnar result)."""
+    trace = b"\x09" * 16
+    chat = {"attrs": {"gen_ai.operation.name": "chat", "gen_ai.provider.name": "openai",
+                      "gen_ai.request.model": "gpt-4o", "gen_ai.usage.input_tokens": 10,
+                      "gen_ai.usage.output_tokens": 5},
+            "trace": trace, "span": (2).to_bytes(8, "big"), "name": "chat"}
+    spans = batch(chat, dict(chat), {**chat, "span": (3).to_bytes(8, "big")})
+    calls = []
+    monkeypatch.setattr(NC, "_reference", lambda *a, **k: calls.append(1) or REFERENCE(*a, **k))
+    assert_agree(spans, Settings())
+    assert calls, "the repeated ids went the columnar way"
+    calls.clear()
+    assert_agree(spans.slice(1), Settings())       # ids unique: the columnar way
+    assert not calls
+
+
 def test_records_must_add_up_to_the_batch() -> None:
     spans, settings = _example()
     with pytest.raises(ValueError, match="do not add up"):
