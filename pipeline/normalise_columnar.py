@@ -3,12 +3,12 @@ computed per column of a span batch instead of per span.
 
 Why: the reference builds a dict per span and prices every call with Decimal arithmetic
 (about 9 k spans/s on one core). Here the attributes the mapping table reads are
-gathered once per batch into a (span x key) table of value positions; fields are
-coalesced with numpy in the convention table's order; strings are derived once per
-distinct value (providers, finish reasons, pseudonyms); and each call's cost is exact
-integer arithmetic in pico-dollars (the 12-digit scale of ``schemas.calls.MONEY``),
-priced once per distinct (model, provider, tenant, price version) by the reference
-:func:`pipeline.pricing.quote` and checked against it.
+placed once per batch (one kernel pass), then read as a value position per span for
+each key; fields are coalesced with numpy in the convention table's order; strings are
+derived once per distinct value (providers, finish reasons, pseudonyms); and each call's
+cost is exact integer arithmetic in pico-dollars (the 12-digit scale of
+``schemas.calls.MONEY``), priced once per distinct (model, provider, tenant, price
+version) by the reference :func:`pipeline.pricing.quote` and checked against it.
 
 Spans whose values this path does not model (odd value types, message content, span
 events, fees, sampling, anything the reference repairs and flags) go through the
