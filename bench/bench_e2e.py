@@ -80,17 +80,32 @@ class Worker:
                     "LLMSPEND_LAKE_FLUSH_S": "1", "LLMSPEND_JOBS_EVERY_S": "0"}
         self.proc: subprocess.Popen | None = None
 
-    def step_cpu(self) -> tuple[dict[tuple[str, str], float], dict[str, float]]:
-        """The worker's CPU seconds so far per stage step, and per thread."""
+    def metrics(self) -> str:
         url = f"http://127.0.0.1:{self.metrics_port}/metrics"
         for _ in range(50):                  # the server starts with the worker
             try:
                 with urllib.request.urlopen(url, timeout=5) as r:
-                    text = r.read().decode()
-                return stepclock.parse(text)[0], stepclock.parse_threads(text)
+                    return r.read().decode()
             except OSError:
                 time.sleep(0.1)
         raise RuntimeError(f"no worker /metrics on {url}")
+
+    def step_cpu(self) -> tuple[dict[tuple[str, str], float], dict[str, float]]:
+        """The worker's CPU seconds so far per stage step, and per thread."""
+        text = self.metrics()
+        return stepclock.parse(text)[0], stepclock.parse_threads(text)
+
+    def handoffs(self) -> str:
+        """Bodies each stage took from the normaliser, parsed again, or saw evicted."""
+        counts: dict[str, dict[str, str]] = {}
+        for line in self.metrics().splitlines():
+            if line.startswith("llmspend_handoff_bodies_total{"):
+                labels, _, value = line.partition("} ")
+                to = labels.split('to="')[1].split('"')[0]
+                outcome = labels.split('outcome="')[1].split('"')[0]
+                counts.setdefault(to, {})[outcome] = value
+        return "; ".join(f"to {to}: " + ", ".join(f"{v} {k}" for k, v in c.items())
+                         for to, c in counts.items()) or "none"
 
     def start(self) -> float:
         """Start and wait until its partitions are assigned; returns when (monotonic)."""
@@ -183,6 +198,7 @@ def end_to_end(worker: Worker, lake: Path, tenant: str, calls: int
         time.sleep(0.2)
     wall, cpu = time.monotonic() - t0, _cpu_s(worker.proc.pid) - cpu0
     steps1, threads1 = worker.step_cpu()
+    print(f"handoff bodies (parsed again when missed): {worker.handoffs()}")
     worker.stop()
     return (wall, cpu, got, {k: v - steps0.get(k, 0.0) for k, v in steps1.items()},
             {k: v - threads0.get(k, 0.0) for k, v in threads1.items()})

@@ -11,6 +11,7 @@ from pipeline.config import Settings
 from pipeline.stream import aggregate_stage, detect_stage, lake_stage, normalise_stage
 from pipeline.stream.app import create_app
 from pipeline.stream.handoff import Handoff
+from pipeline.stream.handoff import metrics as handoff_metrics
 
 
 def ready_file(settings: Settings) -> Path:
@@ -40,7 +41,8 @@ def build(settings: Settings):
     if sink is not None and settings.jobs.every_s > 0:
         _schedule_jobs(app, settings)
     if settings.stream.metrics_port:
-        _serve_metrics(app, settings, [norm, agg, sessions, windows, sink])
+        _serve_metrics(app, settings, [norm, agg, sessions, windows, sink],
+                       {"aggregate": handoff, "lake": lake_handoff})
     marker = ready_file(settings)
 
     @app.on_rebalance_complete.connect
@@ -113,11 +115,13 @@ def _schedule_jobs(app, settings: Settings) -> None:
                  f", skipped: {r.compact.skipped}" if r.compact.skipped else "")
 
 
-def _serve_metrics(app, settings: Settings, stages: list) -> None:
+def _serve_metrics(app, settings: Settings, stages: list,
+                   handoffs: dict[str, Handoff | None]) -> None:
     """Prometheus /metrics of the worker (records in and dead-lettered, consumer lag,
-    calls, dedup drops, late calls, window emissions, detector counts, CPU per stage
-    step and thread), on its own small aiohttp server. ``stages``: normalise,
-    aggregate, sessions, windows, lake (None if off)."""
+    calls, dedup drops, late calls, window emissions, detector counts, handoff hits,
+    CPU per stage step and thread), on its own small aiohttp server. ``stages``:
+    normalise, aggregate, sessions, windows, lake (None if off); ``handoffs``: by the
+    stage that takes from it (None if off)."""
     from aiohttp import web
 
     from pipeline import stepclock
@@ -136,6 +140,7 @@ def _serve_metrics(app, settings: Settings, stages: list) -> None:
         for stage in (norm, sessions, windows, sink):
             if stage is not None:
                 text += "\n".join(stage.metrics()) + "\n"
+        text += "".join(line + "\n" for line in handoff_metrics(handoffs))
         text += "\n".join(stepclock.render(s.clock for s in stages if s is not None))
         return web.Response(text=text + "\n", content_type="text/plain")
 

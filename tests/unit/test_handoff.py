@@ -183,3 +183,25 @@ def test_the_lake_sink_takes_held_rows_and_lands_what_parsing_lands(tmp_path):
     (held, in_held), (none, in_parsed) = found
     assert held == len(outputs) and none == 0
     assert in_held == in_parsed and in_held[0] > 500
+
+
+def test_metrics_count_hits_misses_and_evictions_per_taking_stage():
+    """What an operator reads to tell whether a stage parses bodies again: one family
+    per metric (Prometheus refuses a second TYPE line), a series per taking stage."""
+    from pipeline.stream.handoff import metrics
+
+    agg, lake = Handoff(max_bytes=10), Handoff()
+    agg.put(b"a" * 6, 1)
+    agg.put(b"b" * 6, 2)                  # evicts the first: 12 bytes > 10
+    assert agg.take(b"a" * 6) is None and agg.take(b"b" * 6) == 2
+    lake.put(b"c", 3)
+    text = "\n".join(metrics({"aggregate": agg, "lake": lake, "detect": None}))
+    assert text.count("# TYPE llmspend_handoff_bodies_total counter") == 1
+    for line in ('llmspend_handoff_bodies_total{to="aggregate",outcome="hit"} 1',
+                 'llmspend_handoff_bodies_total{to="aggregate",outcome="miss"} 1',
+                 'llmspend_handoff_bodies_total{to="aggregate",outcome="evicted"} 1',
+                 'llmspend_handoff_held_bytes{to="aggregate"} 0',
+                 'llmspend_handoff_held_bodies{to="lake"} 1',
+                 'llmspend_handoff_held_bytes{to="lake"} 1'):
+        assert line in text.splitlines()
+    assert "detect" not in text and metrics({"aggregate": None}) == []
