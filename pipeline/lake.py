@@ -83,7 +83,10 @@ def _with_source(dataset: L.Dataset, partition: int, offset: int,
                  rows: pa.Table) -> pa.Table:
     """Held rows of one record in ``dataset.schema``: its columns, then where it came from."""
     n = rows.num_rows
-    t = rows.select(dataset.record_schema.names).cast(dataset.record_schema)
+    want = dataset.record_schema
+    t = rows.select(want.names)
+    if not t.schema.equals(want):      # Table.cast casts every column, even to its type
+        t = t.cast(want)
     return (t.append_column(L.SOURCE_FIELDS[0], pa.array(np.full(n, partition, np.int32)))
             .append_column(L.SOURCE_FIELDS[1], pa.array(np.full(n, offset, np.int64))))
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from urllib.parse import quote
 
 import pyarrow as pa
@@ -77,8 +78,9 @@ class Dataset:
     hourly: bool
     doc: str
 
-    @property
+    @cached_property
     def record_schema(self) -> pa.Schema:
+        """The record's own columns (the schema without where it came from)."""
         return pa.schema([f for f in self.schema if f.name not in (KAFKA_PARTITION,
                                                                     KAFKA_OFFSET)])
 
