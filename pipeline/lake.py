@@ -83,12 +83,16 @@ def _with_source(dataset: L.Dataset, partition: int, offset: int,
                  rows: pa.Table) -> pa.Table:
     """Held rows of one record in ``dataset.schema``: its columns, then where it came from."""
     n = rows.num_rows
-    want = dataset.record_schema
-    t = rows.select(want.names)
-    if not t.schema.equals(want):      # Table.cast casts every column, even to its type
-        t = t.cast(want)
+    t = _conform(rows, dataset.record_schema)
     return (t.append_column(L.SOURCE_FIELDS[0], pa.array(np.full(n, partition, np.int32)))
             .append_column(L.SOURCE_FIELDS[1], pa.array(np.full(n, offset, np.int64))))
+
+
+def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """``table``'s columns of ``schema``, in its order and types: cast only if they
+    differ (Table.cast casts every column, even to its own type)."""
+    t = table.select(schema.names)
+    return t if t.schema.equals(schema) else t.cast(schema)
 
 
 def _parse(dataset: L.Dataset, records: list[Record]) -> Decoded:
@@ -134,7 +138,7 @@ def _read_ndjson(dataset: L.Dataset, live: list[tuple[int, int, bytes]]) -> pa.T
     # Each record's partition and offset, repeated once per line (per batch, in numpy).
     parts = pa.array(np.repeat(np.array([p for p, _o, _v in live], np.int32), lines))
     offs = pa.array(np.repeat(np.array([o for _p, o, _v in live], np.int64), lines))
-    t = t.select(schema.names).cast(schema)
+    t = _conform(t, schema)
     return t.append_column(L.SOURCE_FIELDS[0], parts).append_column(L.SOURCE_FIELDS[1], offs)
 
 
