@@ -22,7 +22,10 @@ calls per worker core). ``--short`` (CI) uses a small traffic and checks only th
 lake equals the generator's truth (calls and exact cost); it never judges a time.
 
 Needs the broker (``llmspend up --kafka-only``). Usage:
-``.venv/bin/python bench/bench_e2e.py [calls] [--short] [--all-stages]``.
+``.venv/bin/python bench/bench_e2e.py [calls] [--short] [--all-stages] [--flush-s S]``
+(``--flush-s``: the lake's flush interval, 1 s by default so that the last rows land
+within a second of the drain; every flush writes a file per hive partition and source
+partition, whose fixed costs the lake's ``write`` step then shows).
 """
 
 from __future__ import annotations
@@ -69,7 +72,7 @@ def _free_port() -> int:
 class Worker:
     """One `llmspend worker` process of the bench's app id, state and lake."""
 
-    def __init__(self, state: Path, app_id: str, stages: str) -> None:
+    def __init__(self, state: Path, app_id: str, stages: str, flush_s: str = "1") -> None:
         self.state = state
         self.metrics_port = _free_port()
         self.env = {**os.environ, "LLMSPEND_STATE_DIR": str(state),
@@ -77,7 +80,7 @@ class Worker:
                     "LLMSPEND_STREAM_AUTO_OFFSET_RESET": "latest",
                     "LLMSPEND_STREAM_STAGES": stages,
                     "LLMSPEND_STREAM_METRICS_PORT": str(self.metrics_port),
-                    "LLMSPEND_LAKE_FLUSH_S": "1", "LLMSPEND_JOBS_EVERY_S": "0"}
+                    "LLMSPEND_LAKE_FLUSH_S": flush_s, "LLMSPEND_JOBS_EVERY_S": "0"}
         self.proc: subprocess.Popen | None = None
 
     def metrics(self) -> str:
@@ -199,6 +202,9 @@ def end_to_end(worker: Worker, lake: Path, tenant: str, calls: int
     wall, cpu = time.monotonic() - t0, _cpu_s(worker.proc.pid) - cpu0
     steps1, threads1 = worker.step_cpu()
     print(f"handoff bodies (parsed again when missed): {worker.handoffs()}")
+    flushes = next((line.split()[-1] for line in worker.metrics().splitlines()
+                    if line.startswith("llmspend_lake_flushes_total ")), "?")
+    print(f"lake flushes (a file per hive partition each): {flushes}")
     worker.stop()
     return (wall, cpu, got, {k: v - steps0.get(k, 0.0) for k, v in steps1.items()},
             {k: v - threads0.get(k, 0.0) for k, v in threads1.items()})
@@ -282,13 +288,16 @@ def main() -> None:
     # --all-stages: what `llmspend worker` runs by default (the detectors too).
     stages = StreamSettings().stages if "--all-stages" in sys.argv \
         else "normalise,aggregate,lake"
-    n_calls = int(next((a for a in sys.argv[1:] if a.isdigit()), 2_000 if short else 200_000))
+    args = [a for i, a in enumerate(sys.argv[1:], 1) if sys.argv[i - 1] != "--flush-s"]
+    n_calls = int(next((a for a in args if a.isdigit()), 2_000 if short else 200_000))
     settings = load_settings()
     run_id = uuid.uuid4().hex[:8]
     tenant, app_id = f"bench-{run_id}", f"llmspend-bench-e2e-{run_id}"
     with tempfile.TemporaryDirectory(prefix="llmspend-bench-e2e-") as tmp:
         state = Path(tmp)
-        worker = Worker(state, app_id, stages)
+        flush_s = sys.argv[sys.argv.index("--flush-s") + 1] if "--flush-s" in sys.argv \
+            else "1"
+        worker = Worker(state, app_id, stages, flush_s)
         worker.start()            # the groups pin where they start ...
         worker.stop()             # ... so the backlog below waits for the next start
         start = {tp.partition: o for tp, o in clients.end_offsets(settings,
