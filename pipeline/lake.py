@@ -268,7 +268,7 @@ class PartitionWriter:
         for rel_dir, table in sorted(parts.items()):
             final = f"{rel_dir}/{name}"
             tmp = final + L.TMP_SUFFIX
-            self.fs.write_parquet(tmp, table)
+            self.fs.write_parquet(tmp, table, L.SINK_COMPRESSION_LEVEL)   # compacted later
             pending.append((tmp, final))
         self.hook("temps")
         self.rows += sum(t.num_rows for t in parts.values())

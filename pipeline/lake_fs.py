@@ -24,7 +24,8 @@ from schemas import lake as L
 class LakeFS(Protocol):
     root: Path
 
-    def write_parquet(self, rel: str, table: pa.Table) -> None: ...
+    def write_parquet(self, rel: str, table: pa.Table,
+                      level: int = L.COMPRESSION_LEVEL) -> None: ...
     def read_parquet(self, rel: str) -> pa.Table: ...
     def size(self, rel: str) -> int: ...
     def version(self, rel: str) -> str: ...
@@ -45,13 +46,14 @@ class LocalFS:
     def _p(self, rel: str) -> Path:
         return self.root / rel
 
-    def write_parquet(self, rel: str, table: pa.Table) -> None:
-        """Write ``table`` to ``rel`` (a temporary name) and fsync it."""
+    def write_parquet(self, rel: str, table: pa.Table,
+                      level: int = L.COMPRESSION_LEVEL) -> None:
+        """Write ``table`` to ``rel`` (a temporary name) and fsync it (``level``: zstd's)."""
         path = self._p(rel)
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "wb") as f:
             pq.write_table(table, f, compression=L.COMPRESSION,
-                           compression_level=L.COMPRESSION_LEVEL,
+                           compression_level=level,
                            row_group_size=L.ROW_GROUP_ROWS,
                            use_dictionary=L.dictionary_columns(table.schema))
             f.flush()

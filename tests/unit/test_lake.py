@@ -88,6 +88,33 @@ def test_ids_and_hashes_are_written_plain_and_the_other_columns_dictionary_encod
         assert chunks[repeated].has_dictionary_page, (ds.name, repeated)
 
 
+def test_the_sink_writes_at_its_fast_level_and_compaction_at_the_tight_one(traffic,
+                                                                          tmp_path):
+    """schemas.lake.SINK_COMPRESSION_LEVEL for the files the sink lands (compacted
+    later), COMPRESSION_LEVEL for what compaction writes; the rows are the same."""
+    from jobs.compact import compact
+
+    levels: list[tuple[str, int]] = []
+
+    class Recording(LocalFS):
+        def write_parquet(self, rel, table, level=L.COMPRESSION_LEVEL):
+            levels.append((rel, level))
+            super().write_parquet(rel, table, level)
+
+    records, _aggs, truth = traffic
+    fs = Recording(tmp_path)
+    lake.land(fs, L.CALLS, records)
+    assert levels and {lv for _, lv in levels} == {L.SINK_COMPRESSION_LEVEL}
+    levels.clear()
+    import datetime as dt
+
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=3650)
+    assert compact(fs, later, closed_after_s=0, min_files=1, datasets=(L.CALLS,)).files_in
+    assert levels and {lv for _, lv in levels} == {L.COMPRESSION_LEVEL}
+    n, cost, _ = totals(tmp_path)
+    assert (n, cost) == (truth.calls, truth.list_cost_usd)
+
+
 @pytest.mark.parametrize("dataset", [L.CALLS, L.AGG_1M])
 def test_split_puts_each_row_in_its_hive_partition_sorted_by_time_then_offset(traffic,
                                                                                dataset):
