@@ -204,7 +204,11 @@ def end_to_end(worker: Worker, lake: Path, tenant: str, calls: int
     print(f"handoff bodies (parsed again when missed): {worker.handoffs()}")
     flushes = next((line.split()[-1] for line in worker.metrics().splitlines()
                     if line.startswith("llmspend_lake_flushes_total ")), "?")
-    print(f"lake flushes (a file per hive partition each): {flushes}")
+    partials = next((line.split()[-1] for line in worker.metrics().splitlines()
+                     if 'kind="partials_emitted"' in line), "0")
+    print(f"lake flushes (a file per hive partition each): {flushes}; aggregate partials "
+          f"emitted (one llm_agg_1m record each): {partials} ({int(partials) / calls:.3f} "
+          "a call)")
     worker.stop()
     return (wall, cpu, got, {k: v - steps0.get(k, 0.0) for k, v in steps1.items()},
             {k: v - threads0.get(k, 0.0) for k, v in threads1.items()})
