@@ -9,7 +9,9 @@ Measures, on one core unless DuckDB's threads say otherwise:
   (l) landing: ``pipeline.lake.land`` (decode NDJSON records with Arrow, split by hive
       partition, write zstd Parquet, commit) of the base ``llm_calls`` records, rows/s;
       baseline in the same run: ``pyarrow.parquet.write_table`` of the same rows into
-      one file (no decoding, no partitioning, no commit);
+      one file at the sink's settings (no decoding, no partitioning, no commit);
+  (z) that one file at the sink's zstd level (1) and at compaction's (3): us and
+      bytes a row, best of 3 alternated;
   (q) queries: the ten README questions over ``--rows`` call rows (the base calls
       copied with fresh call ids, each copy shifted back in time so the rows cover the
       ``--days`` before now, and their partials likewise), laid out as the sink writes
@@ -97,6 +99,27 @@ def write_layout(root: Path, ds: L.Dataset, tables: list[pa.Table], flush_s: int
     return n
 
 
+def zstd_levels(rows: pa.Table, tmp: Path) -> None:
+    """(z) one file of ``rows`` at the sink's zstd level and at compaction's, alternated
+    three times (best of each): what the sink saves per row, and what compaction's
+    level saves in bytes."""
+    best: dict[int, tuple[float, int]] = {}
+    for _ in range(3):
+        for level in (L.SINK_COMPRESSION_LEVEL, L.COMPRESSION_LEVEL):
+            path = tmp / f"level-{level}.parquet"
+            t0 = time.perf_counter()
+            pq.write_table(rows, path, compression=L.COMPRESSION, compression_level=level,
+                           row_group_size=L.ROW_GROUP_ROWS,
+                           use_dictionary=L.dictionary_columns(rows.schema))
+            secs = time.perf_counter() - t0
+            if level not in best or secs < best[level][0]:
+                best[level] = (secs, path.stat().st_size)
+    n = rows.num_rows
+    print("(z) zstd  " + "  ".join(
+        f"level {lv}: {s / n * 1e6:.2f} us a row, {b / n:.0f} bytes a row"
+        for lv, (s, b) in best.items()) + f"  ({n:,} rows, one file, best of 3)")
+
+
 def timed(con: duckdb.DuckDBPyConnection, sql: str, runs: int = 3) -> tuple[float, int]:
     times, rows = [], 0
     for _ in range(runs):
@@ -134,13 +157,15 @@ def main() -> None:
         land_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         pq.write_table(landed, tmp / "one.parquet", compression=L.COMPRESSION,
-                       compression_level=L.COMPRESSION_LEVEL, row_group_size=L.ROW_GROUP_ROWS,
+                       compression_level=L.SINK_COMPRESSION_LEVEL,
+                       row_group_size=L.ROW_GROUP_ROWS,
                        use_dictionary=L.dictionary_columns(landed.schema))
         write_s = time.perf_counter() - t0
         n = landed.num_rows
         print(f"(l) land  {n / land_s:>10,.0f} rows/s per core (decode + split + write + "
               f"commit, {len(recs):,} records)  baseline write_table one file "
               f"{n / write_s:,.0f} rows/s  ratio {write_s / land_s:.2f}")
+        zstd_levels(landed, tmp)
 
         # (q) 10 M rows: the lake's layout against one file.
         agg_base = lake.land(LocalFS(tmp / "land"), L.AGG_1M, with_offsets(aggs)).table
