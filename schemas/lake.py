@@ -53,9 +53,9 @@ STATE_DIR = "_lake"
 #: parallelises over row groups of ~100k+ rows; smaller files are compacted later).
 COMPRESSION = "zstd"
 COMPRESSION_LEVEL = 3
-#: The sink's own files are small and compacted later: zstd 1 writes them faster at
-#: about the same size (20,005 generator calls: 1.75 against 2.26 us a row, 114 and 117
-#: bytes a row), while on compaction's larger files level 3 packs about 12 % tighter.
+#: The sink's own files are compacted later: zstd 1 writes them faster at about the
+#: same size (``bench/bench_lake.py`` line (z): 2.12 against 2.83 us a row, 115 and 117
+#: bytes a row, 60k rows). Compaction and the jobs keep level 3 (not measured there).
 SINK_COMPRESSION_LEVEL = 1
 ROW_GROUP_ROWS = 1_000_000
 #: Columns whose values are all, or nearly all, distinct: ids and content hashes.
