@@ -31,6 +31,7 @@ from schemas import calls as C
 # How the kernel writes each column (``kind``).
 _FRAGMENT, _TIME, _MONEY, _INT, _BOOL, _FLOAT = range(6)
 _PICO = 10**C.MONEY_SCALE
+_MICRO = 10**6                    # latencies: whole microseconds of a millisecond value
 _YEAR_1000_US = -30610224000 * 10**6      # 1000-01-01T00:00:00Z
 
 
@@ -75,16 +76,33 @@ def _value_len(kind: int, quote: bool, v: int, start: int, end: int) -> int:
     if kind == _TIME:
         return 29                               # "YYYY-MM-DDTHH:MM:SS.ffffffZ"
     if kind == _MONEY:
-        whole = -v // 1_000_000_000_000 if v < 0 else v // 1_000_000_000_000
-        return (1 if v < 0 else 0) + _digits(whole) + 13 + 2
+        return _point_len(v, _PICO) + 12 + 2
     if kind == _INT:
         return (1 + _digits(-v)) if v < 0 else _digits(v)
     if kind == _FLOAT:
         if end > start:                         # not a whole microsecond: repr's text
             return end - start
-        a = -v if v < 0 else v
-        return (1 if v < 0 else 0) + _digits(a // 1_000_000) + 1 + _frac_len(a % 1_000_000)
+        return _point_len(v, _MICRO) + _frac_len((-v if v < 0 else v) % _MICRO)
     return 4 if v else 5
+
+
+@njit(cache=True)
+def _point_len(v: int, unit: int) -> int:
+    """Length of what :func:`_put_point` writes."""
+    return (1 if v < 0 else 0) + _digits((-v if v < 0 else v) // unit) + 1
+
+
+@njit(cache=True)
+def _put_point(out: np.ndarray, p: int, v: int, unit: int) -> tuple[int, int]:
+    """Write ``v / unit``'s sign, whole part and ``.`` (money in pico-dollars, latencies
+    in microseconds); (the new position, the fraction left to write)."""
+    if v < 0:
+        out[p] = 45
+        p += 1
+        v = -v
+    p = _put_uint(out, p, v // unit, 1)
+    out[p] = 46
+    return p + 1, v % unit
 
 
 @njit(cache=True)
@@ -135,14 +153,8 @@ def _put_value(out: np.ndarray, p: int, kind: int, quote: bool, v: int, data: np
         return p + 2
     if kind == _MONEY:
         out[p] = 34
-        p += 1
-        if v < 0:
-            out[p] = 45
-            p += 1
-            v = -v
-        p = _put_uint(out, p, v // 1_000_000_000_000, 1)
-        out[p] = 46
-        p = _put_uint(out, p + 1, v % 1_000_000_000_000, 12)
+        p, frac = _put_point(out, p + 1, v, _PICO)
+        p = _put_uint(out, p, frac, 12)
         out[p] = 34
         return p + 1
     if kind == _INT:
@@ -154,21 +166,15 @@ def _put_value(out: np.ndarray, p: int, kind: int, quote: bool, v: int, data: np
         if end > start:
             out[p:p + end - start] = data[start:end]
             return p + end - start
-        if v < 0:
-            out[p] = 45
-            p += 1
-            v = -v
-        p = _put_uint(out, p, v // 1_000_000, 1)
-        out[p] = 46
-        frac = v % 1_000_000
+        p, frac = _put_point(out, p, v, _MICRO)
         n = _frac_len(frac)
         if frac == 0:
-            out[p + 1] = 48
+            out[p] = 48
         else:
             for _ in range(6 - n):
                 frac //= 10
-            _put_uint(out, p + 1, frac, n)
-        return p + 1 + n
+            _put_uint(out, p, frac, n)
+        return p + n
     word = (116, 114, 117, 101) if v else (102, 97, 108, 115)
     for i in range(4):
         out[p + i] = word[i]
