@@ -60,23 +60,26 @@ class Handoff(Generic[T]):
     def __len__(self) -> int:
         return len(self._held)
 
+    def snapshot(self) -> tuple[int, int, int, int, int]:
+        """(hits, misses, evicted, bytes held, bodies held), read together."""
+        with self._lock:
+            return self.hits, self.misses, self.evicted, self.bytes, len(self._held)
+
 
 def metrics(handoffs: dict[str, Handoff | None]) -> list[str]:
     """Prometheus lines of a worker's handoffs, by the stage that takes from each (None:
     not running). A miss is a body that stage parsed again; an eviction, a body put but
     not held until taken (the normaliser ran more than ``max_bytes`` of bodies ahead)."""
-    held = {to: h for to, h in handoffs.items() if h is not None}
-    counts, sizes = [], []
-    for to, h in held.items():
-        with h._lock:
-            counts += [(to, "hit", h.hits), (to, "miss", h.misses), (to, "evicted", h.evicted)]
-            sizes.append((to, h.bytes, len(h._held)))
-    if not held:
+    snaps = {to: h.snapshot() for to, h in handoffs.items() if h is not None}
+    if not snaps:
         return []
     return ["# TYPE llmspend_handoff_bodies_total counter",
             *(f'llmspend_handoff_bodies_total{{to="{to}",outcome="{k}"}} {v}'
-              for to, k, v in counts),
+              for to, snap in snaps.items()
+              for k, v in zip(("hit", "miss", "evicted"), snap[:3], strict=True)),
             "# TYPE llmspend_handoff_held_bytes gauge",
-            *(f'llmspend_handoff_held_bytes{{to="{to}"}} {b}' for to, b, _ in sizes),
+            *(f'llmspend_handoff_held_bytes{{to="{to}"}} {snap[3]}'
+              for to, snap in snaps.items()),
             "# TYPE llmspend_handoff_held_bodies gauge",
-            *(f'llmspend_handoff_held_bodies{{to="{to}"}} {n}' for to, _, n in sizes)]
+            *(f'llmspend_handoff_held_bodies{{to="{to}"}} {snap[4]}'
+              for to, snap in snaps.items())]
