@@ -121,25 +121,26 @@ class _Attrs:
         keys = pc.dictionary_encode(values.field("key"))
         self.distinct_keys = keys.dictionary
         self.key_code = keys.indices.fill_null(-1).to_numpy(zero_copy_only=False)
-        self.type = values.field("type").to_numpy(zero_copy_only=False)
+        typ = values.field("type").to_numpy(zero_copy_only=False)
         self.str = values.field("str")
         self.int = values.field("int").fill_null(0).to_numpy(zero_copy_only=False)
         self.dbl = values.field("dbl").fill_null(0.0).to_numpy(zero_copy_only=False)
-        self.bool = values.field("bool").fill_null(False).to_numpy(zero_copy_only=False)
         m = len(values)
         str_len = np.diff(binary_buffers(self.str)[1]) if m else np.zeros(0, np.int64)
         empty = (str_len == 0) & validity(self.str)
-        code = self.type.astype(np.uint8)                 # a table lookup, not np.isin
+        code = typ.astype(np.uint8)                       # a table lookup, not np.isin
         # Padded with the value of "absent" so that position -1 reads it (one gather).
         self.type_pad = np.empty(m + 1, np.int64)
-        self.type_pad[:m], self.type_pad[m] = self.type, -1
+        self.type_pad[:m], self.type_pad[m] = typ, -1
         self.valued_pad = np.empty(m + 1, bool)
         self.valued_pad[:m] = _IS_VALUED[code] & ~(_IS_STRINGY[code] & empty)
         self.valued_pad[m] = False
         self.int_pad = np.empty(m + 1, np.int64)
         self.int_pad[:m], self.int_pad[m] = self.int, 0
         self.bool_pad = np.empty(m + 1, bool)
-        self.bool_pad[:m], self.bool_pad[m] = self.bool, False
+        self.bool_pad[:m] = values.field("bool").fill_null(False).to_numpy(
+            zero_copy_only=False)
+        self.bool_pad[m] = False
         self.col = {k: j for j, k in enumerate(dict.fromkeys(wanted))}
         kidx = self._per_value(pc.index_in(self.distinct_keys, value_set=pa.array(
             list(self.col), pa.string())).fill_null(-1).to_numpy(zero_copy_only=False), -1)
@@ -167,11 +168,6 @@ class _Attrs:
                 p.flags.writeable = False
             self._pos[j] = p
         return p
-
-    def at(self, values: np.ndarray, p: np.ndarray, missing: Any) -> np.ndarray:
-        """``values`` at positions ``p`` (``missing`` where p is -1)."""
-        return np.where(p >= 0, values[np.maximum(p, 0)], missing) if len(values) else \
-            np.full(len(p), missing)
 
     def type_at(self, p: np.ndarray) -> np.ndarray:
         return self.type_pad[p]
