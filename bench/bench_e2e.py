@@ -98,10 +98,12 @@ class Worker:
         text = self.metrics()
         return stepclock.parse(text)[0], stepclock.parse_threads(text)
 
-    def handoffs(self) -> str:
-        """Bodies each stage took from the normaliser, parsed again, or saw evicted."""
+    @staticmethod
+    def handoffs(text: str) -> str:
+        """Bodies each stage took from the normaliser, parsed again, or saw evicted, from
+        a /metrics text."""
         counts: dict[str, dict[str, str]] = {}
-        for line in self.metrics().splitlines():
+        for line in text.splitlines():
             if line.startswith("llmspend_handoff_bodies_total{"):
                 labels, _, value = line.partition("} ")
                 to = labels.split('to="')[1].split('"')[0]
@@ -201,10 +203,11 @@ def end_to_end(worker: Worker, lake: Path, tenant: str, calls: int
         time.sleep(0.2)
     wall, cpu = time.monotonic() - t0, _cpu_s(worker.proc.pid) - cpu0
     steps1, threads1 = worker.step_cpu()
-    print(f"handoff bodies (parsed again when missed): {worker.handoffs()}")
-    flushes = next((line.split()[-1] for line in worker.metrics().splitlines()
+    text = worker.metrics()
+    print(f"handoff bodies (parsed again when missed): {worker.handoffs(text)}")
+    flushes = next((line.split()[-1] for line in text.splitlines()
                     if line.startswith("llmspend_lake_flushes_total ")), "?")
-    partials = next((line.split()[-1] for line in worker.metrics().splitlines()
+    partials = next((line.split()[-1] for line in text.splitlines()
                      if 'kind="partials_emitted"' in line), "0")
     print(f"lake flushes (a file per hive partition each): {flushes}; aggregate partials "
           f"emitted (one llm_agg_1m record each): {partials} ({int(partials) / calls:.3f} "
