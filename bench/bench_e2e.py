@@ -44,7 +44,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline import clients, stepclock
+from pipeline import clients, gc_clock, stepclock
 from pipeline.analytics import connect
 from pipeline.config import StreamSettings, load_settings
 from pipeline.ingest.exporter import KafkaSpanExporter
@@ -192,6 +192,7 @@ def end_to_end(worker: Worker, lake: Path, tenant: str, calls: int
     t0 = worker.start()
     cpu0 = _cpu_s(worker.proc.pid)
     steps0, threads0 = worker.step_cpu()
+    gc0 = gc_clock.parse(worker.metrics())
     deadline = t0 + 1800
     got: tuple = (0, None)
     files = FileRows(lake, tenant)
@@ -209,6 +210,11 @@ def end_to_end(worker: Worker, lake: Path, tenant: str, calls: int
                     if line.startswith("llmspend_lake_flushes_total ")), "?")
     partials = next((line.split()[-1] for line in text.splitlines()
                      if 'kind="partials_emitted"' in line), "0")
+    gc1 = gc_clock.parse(text)
+    runs = [int(b - a) for a, b in zip(gc0["collections"], gc1["collections"], strict=True)]
+    gc_s = sum(gc1["seconds"]) - sum(gc0["seconds"])
+    print(f"garbage collections (young, middle, full): {runs[0]}, {runs[1]}, {runs[2]}, "
+          f"{gc_s:.3f} CPU s ({gc_s / calls * 1e6:.2f} us a call, counted in the lines below)")
     print(f"lake flushes (a file per hive partition each): {flushes}; aggregate partials "
           f"emitted (one llm_agg_1m record each): {partials} ({int(partials) / calls:.3f} "
           "a call)")

@@ -6,7 +6,7 @@ import asyncio
 import logging
 from pathlib import Path
 
-from pipeline import clients
+from pipeline import clients, gc_clock
 from pipeline.config import Settings
 from pipeline.stream import aggregate_stage, detect_stage, lake_stage, normalise_stage
 from pipeline.stream.app import create_app
@@ -42,7 +42,8 @@ def build(settings: Settings):
         _schedule_jobs(app, settings)
     if settings.stream.metrics_port:
         _serve_metrics(app, settings, [norm, agg, sessions, windows, sink],
-                       {"aggregate": handoff, "lake": lake_handoff})
+                       {"aggregate": handoff, "lake": lake_handoff},
+                       gc_clock.GcClock().start())
     marker = ready_file(settings)
 
     @app.on_rebalance_complete.connect
@@ -116,12 +117,12 @@ def _schedule_jobs(app, settings: Settings) -> None:
 
 
 def _serve_metrics(app, settings: Settings, stages: list,
-                   handoffs: dict[str, Handoff | None]) -> None:
+                   handoffs: dict[str, Handoff | None], collector: gc_clock.GcClock) -> None:
     """Prometheus /metrics of the worker (records in and dead-lettered, consumer lag,
     calls, dedup drops, late calls, window emissions, detector counts, handoff hits,
-    CPU per stage step and thread), on its own small aiohttp server. ``stages``:
-    normalise, aggregate, sessions, windows, lake (None if off); ``handoffs``: by the
-    stage that takes from it (None if off)."""
+    CPU per stage step and thread, garbage collections), on its own small aiohttp
+    server. ``stages``: normalise, aggregate, sessions, windows, lake (None if off);
+    ``handoffs``: by the stage that takes from it (None if off)."""
     from aiohttp import web
 
     from pipeline import stepclock
@@ -141,6 +142,7 @@ def _serve_metrics(app, settings: Settings, stages: list,
             if stage is not None:
                 text += "\n".join(stage.metrics()) + "\n"
         text += "".join(line + "\n" for line in handoff_metrics(handoffs))
+        text += "".join(line + "\n" for line in collector.metrics())
         text += "\n".join(stepclock.render(s.clock for s in stages if s is not None))
         return web.Response(text=text + "\n", content_type="text/plain")
 
@@ -172,4 +174,5 @@ def run(settings: Settings, loglevel: str = "info") -> None:
 
     ready_file(settings).unlink(missing_ok=True)
     app = build(settings)
+    gc_clock.tune(settings.stream.gc_young_threshold)   # after the kernels warmed up
     Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()
