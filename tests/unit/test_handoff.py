@@ -105,6 +105,19 @@ def test_held_bodies_are_bounded_oldest_first_and_taken_once():
     assert handoff.take(b"x" * 11) is None
 
 
+def test_bodies_sharing_a_key_are_told_apart_by_their_whole_bytes():
+    handoff = Handoff()
+    first, second = CallBatch.empty(), CallBatch.empty()
+    edge = b"e" * 200
+    one, other = edge + b"1" + edge, edge + b"2" + edge   # same length, same edges
+    handoff.put(one, first)
+    handoff.put(other, second)               # its key is taken: it will be parsed
+    assert handoff.take(other) is None       # never the other body's columns
+    assert len(handoff) == 1
+    assert handoff.take(one) is first
+    assert (handoff.hits, handoff.misses) == (1, 1)
+
+
 def test_columns_that_cannot_be_built_are_not_handed_off_and_lose_nothing(tmp_path,
                                                                           monkeypatch):
     def broken(calls):
