@@ -326,12 +326,32 @@ class PartitionAggregator:
         escalation = [False] * n
         late_slots: dict[tuple, int] = {}
         horizon = ts - cfg.dedup_horizon_ms
-        closed_before = self.clock_ms - cfg.allowed_lateness_ms - cfg.close_grace_ms
-        late_before = ts - cfg.allowed_lateness_ms
         W = cfg.window_ms
+        # A window is late once it ended before either bound (see the module docstring).
+        late_end = max(ts - cfg.allowed_lateness_ms,
+                       self.clock_ms - cfg.allowed_lateness_ms - cfg.close_grace_ms)
         seen, seen_get, remember = self.seen, self.seen.get, self._seen_order.append
-        slots, windows_get, session_rules = self._slots, self.windows.get, self._session_rules
-        group, user, unit, llm = A.VIEW_GROUP, A.VIEW_USER, A.VIEW_UNIT, C.KIND_LLM
+        slots, session_rules = self._slots, self._session_rules
+        unit_sets = slots.units
+        group, user, unit, llm, ok = A.VIEW_GROUP, A.VIEW_USER, A.VIEW_UNIT, C.KIND_LLM, \
+            C.STATUS_OK
+
+        def slot_of(wkey: tuple) -> int:
+            """The slot of an on-time (view, window, key), opened if new."""
+            state = self.windows.get(wkey)
+            if state is None:
+                state = self._open(wkey)
+            elif state.emitted:
+                self._stragglers.add(wkey)
+            state.dirty = True
+            return state.slot
+
+        def late_slot(wkey: tuple) -> int:
+            s = late_slots.get(wkey)
+            if s is None:
+                s = late_slots[wkey] = slots.take()
+            return s
+
         n_late = n_dup = 0
         for i in range(n):
             cid = cids[i]
@@ -346,35 +366,22 @@ class PartitionAggregator:
             tenant, team = tenants[i], teams[i]
             if kinds[i] == llm:
                 fallback[i], escalation[i] = session_rules(
-                    (tenant, sessions[i]), models[i], providers[i],
-                    statuses[i] == C.STATUS_OK, start, ends[i], ts)
-            kg = (group, window, (tenant, services[i], providers[i], models[i], team,
-                                  use_cases[i]))
-            ku = (user, window, (tenant, team, users[i]))
-            kn = (unit, window, (tenant, use_cases[i], unit_types[i])) \
-                if unit_ids[i] else None
-            if window + W <= late_before or window + W <= closed_before:
+                    (tenant, sessions[i]), models[i], providers[i], statuses[i] == ok,
+                    start, ends[i], ts)
+            take = slot_of
+            if window + W <= late_end:
                 n_late += 1
-                for k, slot_of in ((kg, slot_g), (ku, slot_u), (kn, slot_n)):
-                    if k is not None:
-                        s = late_slots.get(k)
-                        if s is None:
-                            s = late_slots[k] = slots.take()
-                        slot_of[i] = s
-            else:
-                for k, slot_of in ((kg, slot_g), (ku, slot_u), (kn, slot_n)):
-                    if k is not None:
-                        state = windows_get(k) or self._open(k)
-                        if state.emitted:
-                            self._stragglers.add(k)
-                        state.dirty = True
-                        slot_of[i] = state.slot
-            if kn is not None:
-                unit_sets = slots.units
-                us = unit_sets.get(slot_n[i])
+                take = late_slot
+            slot_g[i] = take((group, window, (tenant, services[i], providers[i], models[i],
+                                              team, use_cases[i])))
+            slot_u[i] = take((user, window, (tenant, team, users[i])))
+            unit_id = unit_ids[i]
+            if unit_id:
+                s = slot_n[i] = take((unit, window, (tenant, use_cases[i], unit_types[i])))
+                us = unit_sets.get(s)
                 if us is None:
-                    us = unit_sets[slot_n[i]] = DistinctCount()
-                us.add(unit_hash(unit_types[i], unit_ids[i]))
+                    us = unit_sets[s] = DistinctCount()
+                us.add(unit_hash(unit_types[i], unit_id))
         values = self._values(b, np.array(fallback, np.bool_), np.array(escalation, np.bool_))
         lat_b = np.where(np.isnan(b.latency_ms), -1, bucket_indices(b.latency_ms))
         ttft_b = np.where(np.isnan(b.ttft_ms), -1, bucket_indices(b.ttft_ms))
