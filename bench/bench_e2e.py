@@ -213,8 +213,13 @@ def end_to_end(worker: Worker, lake: Path, tenant: str, calls: int
     gc1 = gc_clock.parse(text)
     runs = [int(b - a) for a, b in zip(gc0["collections"], gc1["collections"], strict=True)]
     gc_s = sum(gc1["seconds"]) - sum(gc0["seconds"])
+    frozen = int(next((line.split()[-1] for line in text.splitlines()
+                       if line.startswith("llmspend_gc_frozen_objects ")), "0"))
     print(f"garbage collections (young, middle, full): {runs[0]}, {runs[1]}, {runs[2]}, "
-          f"{gc_s:.3f} CPU s ({gc_s / calls * 1e6:.2f} us a call, counted in the lines below)")
+          f"{gc_s:.3f} CPU s ({gc_s / calls * 1e6:.2f} us a call, counted in the lines "
+          f"below); {frozen:,} objects frozen out of them at start")
+    if load_settings().stream.gc_freeze and not frozen:
+        sys.exit("FAILED: the worker froze no objects (stream.gc_freeze is on)")
     print(f"lake flushes (a file per hive partition each): {flushes}; aggregate partials "
           f"emitted (one llm_agg_1m record each): {partials} ({int(partials) / calls:.3f} "
           "a call)")

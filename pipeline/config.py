@@ -179,9 +179,9 @@ class StreamSettings:
     #: and ``lake`` (the Parquet sink). detect_windows and lake need one of the first
     #: three beside them (they start on its consumer group's first rebalance).
     stages: str = "normalise,aggregate,detect,detect_windows,lake"
-    #: Python's young-generation GC threshold once the worker is built (objects alive
-    #: then are frozen out of full collections; pipeline/gc_clock.py). 0: CPython's own.
-    gc_young_threshold: int = 50_000
+    #: Freeze the objects alive once the worker is built out of Python's garbage
+    #: collections (they are never garbage; pipeline/gc_clock.py).
+    gc_freeze: bool = True
 
     @property
     def stage_set(self) -> frozenset[str]:

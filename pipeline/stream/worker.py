@@ -174,5 +174,5 @@ def run(settings: Settings, loglevel: str = "info") -> None:
 
     ready_file(settings).unlink(missing_ok=True)
     app = build(settings)
-    gc_clock.tune(settings.stream.gc_young_threshold)   # after the kernels warmed up
+    gc_clock.freeze(settings.stream.gc_freeze)   # built, kernels warm: nothing of it is garbage
     Worker(app, loglevel=loglevel, quiet=True).execute_from_commandline()

@@ -10,30 +10,26 @@ from pipeline import gc_clock
 
 
 @pytest.fixture
-def restored_gc():
+def unfrozen():
     """Leave the interpreter's collector as the test found it."""
-    threshold = gc.get_threshold()
     yield
     gc.unfreeze()
-    gc.set_threshold(*threshold)
 
 
-def test_tune_freezes_what_is_alive_and_raises_only_the_young_threshold(restored_gc):
+def test_freeze_moves_what_is_alive_out_of_collections_and_keeps_thresholds(unfrozen):
     before = gc.get_threshold()
-    assert gc_clock.tune(12_345)
-    assert gc.get_threshold() == (12_345, before[1], before[2])
-    assert gc.get_freeze_count() > 1000        # modules, functions, this test's objects
-
-
-def test_tune_zero_keeps_cpython_defaults(restored_gc):
-    before = gc.get_threshold()
-    assert not gc_clock.tune(0)
+    frozen = gc_clock.freeze()
+    assert frozen == gc.get_freeze_count() > 1000    # modules, functions, these tests
     assert gc.get_threshold() == before
+
+
+def test_freeze_disabled_changes_nothing(unfrozen):
+    assert gc_clock.freeze(False) == 0
     assert gc.get_freeze_count() == 0
 
 
-def test_a_cycle_is_still_collected_after_tuning(restored_gc):
-    gc_clock.tune(50_000)
+def test_a_cycle_made_after_freezing_is_still_collected(unfrozen):
+    gc_clock.freeze()
     clock = gc_clock.GcClock().start()
     try:
         a: list = []
