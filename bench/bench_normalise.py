@@ -150,7 +150,7 @@ def main() -> None:
     tables = [col(spans, settings, catalog, key).calls for spans in batches]
     col_s = decode_s + time.perf_counter() - t
     # What the stage does: 8 records in one batch, each normalised as if alone.
-    big = by_eight(batches)
+    big = by_batch(batches)
     t = time.perf_counter()
     tables8 = [col(spans, settings, catalog, key, records=sizes).calls for spans, sizes in big]
     col8_s = decode_s + time.perf_counter() - t
@@ -203,24 +203,26 @@ def parse_and_decode(bodies: list[bytes]) -> tuple[float, list[pa.Table], float]
     return parse_s, batches, time.perf_counter() - t
 
 
-def by_eight(batches: list[pa.Table]) -> list[tuple[pa.Table, list[int]]]:
-    """Eight records a batch, as the stage batches them: (spans, each record's size)."""
-    return [(pa.concat_tables(batches[i:i + 8]), [b.num_rows for b in batches[i:i + 8]])
-            for i in range(0, len(batches), 8)]
+def by_batch(batches: list[pa.Table], k: int = 8) -> list[tuple[pa.Table, list[int]]]:
+    """``k`` records a batch, as the stage batches them: (spans, each record's size)."""
+    return [(pa.concat_tables(batches[i:i + k]), [b.num_rows for b in batches[i:i + k]])
+            for i in range(0, len(batches), k)]
 
 
 def generator_traffic(n_calls: int, settings: Settings, catalog: pricing.Catalog,
                       key: bytes) -> bool:
     """(g): the generator's traffic (the real OTel SDK, content hashed, errors and
-    timeouts, agents and tools) as ``otlp_spans`` records, 8 records a batch as the
-    stage batches them; checks the first batch against the reference."""
+    timeouts, agents and tools) as ``otlp_spans`` records, batched as the stage batches
+    them (``stream.normalise_batch_records``); checks the first batch against the
+    reference."""
     sink = SpanRecordCollector(settings, "default", key)
     emit(plan(Options(seed=17, calls=n_calls, service_prefix="bench-", rate=100.0,
                       start_time_ns=time.time_ns())), {"default": sink}, max_rate=True)
     records = sink.records
     parse_s, batches, decode_s = parse_and_decode(records)
     spans = sum(b.num_rows for b in batches)
-    groups = by_eight(batches)
+    k = settings.stream.normalise_batch_records
+    groups = by_batch(batches, k)
     col = normalise_columnar.normalise
     col(*groups[0][:1], settings, catalog, key, records=groups[0][1])   # quotes cached
     t = time.perf_counter()
@@ -232,11 +234,11 @@ def generator_traffic(n_calls: int, settings: Settings, catalog: pricing.Catalog
         calls_ndjson.route_calls(c, 6)
     route_s = time.perf_counter() - t
     same = tables[0].equals(pa.concat_tables([normalise(b, settings, catalog, key).calls
-                                              for b in batches[:8]]))
+                                              for b in batches[:k]]))
     print(f"(g) generator traffic as otlp_spans records: {len(records)} records, "
           f"{spans} spans, {calls} calls")
     for label, secs in (("(ga) ParseFromString", parse_s), ("(gd) decode_record", decode_s),
-                        ("(gn) normalise + price, 8 a batch", norm_s),
+                        (f"(gn) normalise + price, {k} a batch", norm_s),
                         ("(gw) route_calls (llm_calls lines)", route_s)):
         print(f"    {label:36s}: {spans / secs:12,.0f} spans/s, "
               f"{secs / calls * 1e6:6.2f} us a call")

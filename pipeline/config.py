@@ -168,7 +168,7 @@ class StreamSettings:
     heartbeat_s: float = 2.0
     #: The normalise stage takes up to this many ``otlp_spans`` records per batch (a
     #: batch costs milliseconds whatever its size) ...
-    normalise_batch_records: int = 8
+    normalise_batch_records: int = 16
     #: ... waiting at most this long for them to arrive (added latency when quiet).
     normalise_batch_wait_s: float = 0.05
     #: Port of the worker's Prometheus ``/metrics`` (0: off).
