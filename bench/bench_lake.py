@@ -108,9 +108,7 @@ def zstd_levels(rows: pa.Table, tmp: Path) -> None:
         for level in (L.SINK_COMPRESSION_LEVEL, L.COMPRESSION_LEVEL):
             path = tmp / f"level-{level}.parquet"
             t0 = time.perf_counter()
-            pq.write_table(rows, path, compression=L.COMPRESSION, compression_level=level,
-                           row_group_size=L.ROW_GROUP_ROWS,
-                           use_dictionary=L.dictionary_columns(rows.schema))
+            pq.write_table(rows, path, **L.parquet_options(rows.schema, level))
             secs = time.perf_counter() - t0
             if level not in best or secs < best[level][0]:
                 best[level] = (secs, path.stat().st_size)
@@ -156,10 +154,8 @@ def main() -> None:
         landed = lake.land(LocalFS(tmp / "land"), L.CALLS, recs).table
         land_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        pq.write_table(landed, tmp / "one.parquet", compression=L.COMPRESSION,
-                       compression_level=L.SINK_COMPRESSION_LEVEL,
-                       row_group_size=L.ROW_GROUP_ROWS,
-                       use_dictionary=L.dictionary_columns(landed.schema))
+        pq.write_table(landed, tmp / "one.parquet",
+                       **L.parquet_options(landed.schema, L.SINK_COMPRESSION_LEVEL))
         write_s = time.perf_counter() - t0
         n = landed.num_rows
         print(f"(l) land  {n / land_s:>10,.0f} rows/s per core (decode + split + write + "

@@ -52,10 +52,7 @@ class LocalFS:
         path = self._p(rel)
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "wb") as f:
-            pq.write_table(table, f, compression=L.COMPRESSION,
-                           compression_level=level,
-                           row_group_size=L.ROW_GROUP_ROWS,
-                           use_dictionary=L.dictionary_columns(table.schema))
+            pq.write_table(table, f, **L.parquet_options(table.schema, level))
             f.flush()
             os.fsync(f.fileno())
 

@@ -71,6 +71,13 @@ def dictionary_columns(schema: pa.Schema) -> list[str]:
     return [f.name for f in schema if f.name not in PLAIN_COLUMNS]
 
 
+def parquet_options(schema: pa.Schema, level: int = COMPRESSION_LEVEL) -> dict:
+    """``pyarrow.parquet.write_table`` keywords of a lake file of ``schema`` written at
+    zstd ``level`` (the sink's files: :data:`SINK_COMPRESSION_LEVEL`)."""
+    return {"compression": COMPRESSION, "compression_level": level,
+            "row_group_size": ROW_GROUP_ROWS, "use_dictionary": dictionary_columns(schema)}
+
+
 @dataclass(frozen=True)
 class Dataset:
     """One dataset of the lake and the topic it lands."""
