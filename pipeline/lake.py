@@ -83,16 +83,20 @@ def _with_source(dataset: L.Dataset, partition: int, offset: int,
                  rows: pa.Table) -> pa.Table:
     """Held rows of one record in ``dataset.schema``: its columns, then where it came from."""
     n = rows.num_rows
-    t = _conform(rows, dataset.record_schema)
-    return (t.append_column(L.SOURCE_FIELDS[0], pa.array(np.full(n, partition, np.int32)))
-            .append_column(L.SOURCE_FIELDS[1], pa.array(np.full(n, offset, np.int64))))
+    return _in_dataset(dataset, rows, np.full(n, partition), np.full(n, offset))
 
 
-def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    """``table``'s columns of ``schema``, in its order and types: cast only if they
-    differ (Table.cast casts every column, even to its own type)."""
+def _in_dataset(dataset: L.Dataset, table: pa.Table, partitions: np.ndarray,
+                offsets: np.ndarray) -> pa.Table:
+    """``table`` in ``dataset.schema``: the record's columns in order and types (cast
+    only if they differ: Table.cast casts every column, even to its own type), then each
+    row's source partition and offset."""
+    schema = dataset.record_schema
     t = table.select(schema.names)
-    return t if t.schema.equals(schema) else t.cast(schema)
+    if not t.schema.equals(schema):
+        t = t.cast(schema)
+    return (t.append_column(L.SOURCE_FIELDS[0], pa.array(partitions.astype(np.int32)))
+            .append_column(L.SOURCE_FIELDS[1], pa.array(offsets.astype(np.int64))))
 
 
 def _parse(dataset: L.Dataset, records: list[Record]) -> Decoded:
@@ -136,10 +140,8 @@ def _read_ndjson(dataset: L.Dataset, live: list[tuple[int, int, bytes]]) -> pa.T
     if missing:
         raise ValueError(f"missing fields: {sorted(missing)[:5]}")
     # Each record's partition and offset, repeated once per line (per batch, in numpy).
-    parts = pa.array(np.repeat(np.array([p for p, _o, _v in live], np.int32), lines))
-    offs = pa.array(np.repeat(np.array([o for _p, o, _v in live], np.int64), lines))
-    t = _conform(t, schema)
-    return t.append_column(L.SOURCE_FIELDS[0], parts).append_column(L.SOURCE_FIELDS[1], offs)
+    return _in_dataset(dataset, t, np.repeat([p for p, _o, _v in live], lines),
+                       np.repeat([o for _p, o, _v in live], lines))
 
 
 def _present_fields(body: bytes) -> set[str]:
