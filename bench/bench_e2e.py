@@ -183,7 +183,7 @@ def lake_totals(lake: Path, tenant: str):
         return 0, None
 
 
-def end_to_end(worker: Worker, lake: Path, tenant: str, calls: int
+def end_to_end(worker: Worker, lake: Path, tenant: str, calls: int, gc_freeze: bool
                ) -> tuple[float, float, tuple, dict[tuple[str, str], float],
                           dict[str, float]]:
     """(e): start the worker on the backlog; (wall seconds, worker CPU seconds) until the
@@ -206,19 +206,16 @@ def end_to_end(worker: Worker, lake: Path, tenant: str, calls: int
     steps1, threads1 = worker.step_cpu()
     text = worker.metrics()
     print(f"handoff bodies (parsed again when missed): {worker.handoffs(text)}")
-    flushes = next((line.split()[-1] for line in text.splitlines()
-                    if line.startswith("llmspend_lake_flushes_total ")), "?")
-    partials = next((line.split()[-1] for line in text.splitlines()
-                     if 'kind="partials_emitted"' in line), "0")
+    flushes = _sample(text, "llmspend_lake_flushes_total", "?")
+    partials = _sample(text, 'llmspend_aggregate_events_total{kind="partials_emitted"}', "0")
     gc1 = gc_clock.parse(text)
     runs = [int(b - a) for a, b in zip(gc0["collections"], gc1["collections"], strict=True)]
     gc_s = sum(gc1["seconds"]) - sum(gc0["seconds"])
-    frozen = int(next((line.split()[-1] for line in text.splitlines()
-                       if line.startswith("llmspend_gc_frozen_objects ")), "0"))
+    frozen = int(_sample(text, "llmspend_gc_frozen_objects", "0"))
     print(f"garbage collections (young, middle, full): {runs[0]}, {runs[1]}, {runs[2]}, "
           f"{gc_s:.3f} CPU s ({gc_s / calls * 1e6:.2f} us a call, counted in the lines "
           f"below); {frozen:,} objects frozen out of them at start")
-    if load_settings().stream.gc_freeze and not frozen:
+    if gc_freeze and not frozen:
         sys.exit("FAILED: the worker froze no objects (stream.gc_freeze is on)")
     print(f"lake flushes (a file per hive partition each): {flushes}; aggregate partials "
           f"emitted (one llm_agg_1m record each): {partials} ({int(partials) / calls:.3f} "
@@ -226,6 +223,12 @@ def end_to_end(worker: Worker, lake: Path, tenant: str, calls: int
     worker.stop()
     return (wall, cpu, got, {k: v - steps0.get(k, 0.0) for k, v in steps1.items()},
             {k: v - threads0.get(k, 0.0) for k, v in threads1.items()})
+
+
+def _sample(text: str, series: str, missing: str) -> str:
+    """The value of one series (name and labels, as written) in a /metrics text."""
+    return next((line.rsplit(" ", 1)[1] for line in text.splitlines()
+                 if line.rsplit(" ", 1)[0] == series), missing)
 
 
 #: The thread each stage's steps run on (the others run on Faust's event loop).
@@ -329,8 +332,8 @@ def main() -> None:
         print(f"traffic: {truth.calls:,} calls ({truth.spans_emitted:,} spans) in {records:,} "
               f"otlp_spans records, produced in {time.perf_counter() - t:.0f} s "
               f"(batches compressed: {settings.kafka.compression})")
-        wall, cpu, (n, cost), steps, threads = end_to_end(worker, state / "data", tenant,
-                                                          truth.calls)
+        wall, cpu, (n, cost), steps, threads = end_to_end(
+            worker, state / "data", tenant, truth.calls, settings.stream.gc_freeze)
         if (n, cost) != (truth.calls, truth.list_cost_usd):
             sys.exit(f"FAILED: the lake holds {n} calls costing {cost} USD; the truth is "
                      f"{truth.calls} calls costing {truth.list_cost_usd} USD")

@@ -21,6 +21,8 @@ from collections import OrderedDict
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+#: Bytes of each end of a body in its key (:func:`_key`).
+_EDGE = 96
 
 
 class Handoff(Generic[T]):
@@ -76,9 +78,6 @@ def _key(body: bytes) -> tuple[int, bytes, bytes]:
     take; :meth:`Handoff.take` compares the whole body instead (a memcmp, far cheaper than
     hashing), so bodies sharing a key cost a parse, never a wrong value."""
     return len(body), body[:_EDGE], body[-_EDGE:]
-
-
-_EDGE = 96
 
 
 def metrics(handoffs: dict[str, Handoff | None]) -> list[str]:
