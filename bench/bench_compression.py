@@ -14,7 +14,9 @@ producers cut them:
   writes it (each record its own batch);
 - ``llm_agg_1m``: the aggregate stage's partials of those calls, 16 KB batches.
 
-Prints, per topic and codec: the size ratio (uncompressed / compressed), and compress and
+zstd is measured at Kafka's default level (3, what both client libraries write on their
+own) and at the producers' level (``kafka.zstd_level``). Prints, per topic and codec:
+the size ratio (uncompressed / compressed), and compress and
 decompress speed in MB/s of uncompressed bytes and in us per call. The baseline, in the
 same run, is ``none`` (a copy of the bytes). No broker needed; one core. Usage:
 ``.venv/bin/python bench/bench_compression.py [calls] [--short]`` (default 20,000 calls).
@@ -29,6 +31,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -46,13 +49,22 @@ from pipeline.traffic.plan import Options, plan
 
 PARTITIONS = 6
 BATCH_BYTES = 16384        # aiokafka's and kafka-python's default batch size
-CODECS: dict[str, tuple[Callable[[bytes], bytes], Callable[[bytes], bytes]]] = {
-    "none": (lambda b: memoryview(b).tobytes(), lambda b: memoryview(b).tobytes()),
-    "gzip": (codec.gzip_encode, codec.gzip_decode),
-    "snappy": (codec.snappy_encode, codec.snappy_decode),
-    "lz4": (codec.lz4_encode, codec.lz4_decode),
-    "zstd": (codec.zstd_encode, codec.zstd_decode),
-}
+Codec = tuple[Callable[[bytes], bytes], Callable[[bytes], bytes]]
+KAFKA_ZSTD_LEVEL = 3       # what both client libraries write unless told otherwise
+
+
+def codecs(zstd_level: int) -> dict[str, Codec]:
+    """Each codec as the producers call it; zstd at Kafka's default level and at the
+    producers' (``kafka.zstd_level``)."""
+    out: dict[str, Codec] = {
+        "none": (lambda b: memoryview(b).tobytes(), lambda b: memoryview(b).tobytes()),
+        "gzip": (codec.gzip_encode, codec.gzip_decode),
+        "snappy": (codec.snappy_encode, codec.snappy_decode),
+        "lz4": (codec.lz4_encode, codec.lz4_decode),
+    }
+    for level in dict.fromkeys((KAFKA_ZSTD_LEVEL, zstd_level)):
+        out[f"zstd {level}"] = (partial(codec.zstd_encode, level=level), codec.zstd_decode)
+    return out
 
 
 def _batches(values: list[bytes]) -> list[bytes]:
@@ -80,16 +92,16 @@ def _best(fn: Callable[[], object], runs: int) -> float:
     return best
 
 
-def measure(batches: list[bytes], calls: int, runs: int) -> list[str]:
+def measure(batches: list[bytes], calls: int, runs: int, zstd_level: int) -> list[str]:
     raw = sum(map(len, batches))
     lines = []
-    for name, (enc, dec) in CODECS.items():
+    for name, (enc, dec) in codecs(zstd_level).items():
         packed = [enc(b) for b in batches]
         if [dec(p) for p in packed] != batches:
             raise SystemExit(f"{name} does not give back the records it was given")
         t_enc = _best(lambda enc=enc: [enc(b) for b in batches], runs)
         t_dec = _best(lambda dec=dec, packed=packed: [dec(p) for p in packed], runs)
-        lines.append(f"    {name:6s}: ratio {raw / sum(map(len, packed)):5.2f}, compress "
+        lines.append(f"    {name:7s}: ratio {raw / sum(map(len, packed)):5.2f}, compress "
                      f"{raw / t_enc / 1e6:7.0f} MB/s ({t_enc / calls * 1e6:5.2f} us a call), "
                      f"decompress {raw / t_dec / 1e6:7.0f} MB/s "
                      f"({t_dec / calls * 1e6:5.2f} us a call)")
@@ -123,7 +135,7 @@ def main() -> int:
                            ("llm_agg_1m", _batches([v for _, v in partials]))):
         print(f"{topic} ({len(batches):,} batches, "
               f"{sum(map(len, batches)) / n_calls:,.0f} bytes a call):")
-        print("\n".join(measure(batches, n_calls, runs)))
+        print("\n".join(measure(batches, n_calls, runs, settings.kafka.zstd_level)))
     return 0
 
 

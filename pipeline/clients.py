@@ -8,6 +8,7 @@ them identically.
 from __future__ import annotations
 
 import ssl
+from functools import partial
 from typing import Any
 
 from pipeline.config import KafkaSettings, Settings
@@ -21,9 +22,43 @@ def _ssl_context(k: KafkaSettings) -> ssl.SSLContext | None:
 
 
 def compression_type(settings: Settings) -> str | None:
-    """The producers' batch codec (``kafka.compression``); None sends batches as they are."""
+    """The producers' batch codec (``kafka.compression``); None sends batches as they are.
+
+    Every producer's configuration comes through here, so this is also where the zstd
+    level (``kafka.zstd_level``) is put in place for both client libraries."""
     codec = settings.kafka.compression
+    if codec == "zstd":
+        use_zstd_level(settings.kafka.zstd_level)
     return None if codec == "none" else codec
+
+
+def use_zstd_level(level: int) -> None:
+    """Make aiokafka's and kafka-python's record batch builders compress zstd at
+    ``level``. Neither takes a level (both always write Kafka's default, 3), and each
+    builder calls a module-level ``zstd_encode``: that name is rebound, in the compiled
+    builder and in the pure-Python one, to the library's own encoder at ``level``.
+    Decompression does not depend on the level, so consumers are unaffected."""
+    import aiokafka.codec
+    import aiokafka.record.default_records as aio_py
+    import kafka.record.default_records as kp_records
+
+    encode = partial(aiokafka.codec.zstd_encode, level=level)
+    modules = [aio_py]
+    try:
+        from aiokafka.record._crecords import default_records as aio_c
+        modules.append(aio_c)
+    except ImportError:     # aiokafka without its C extension: the Python builder only
+        pass
+    for module in modules:
+        module.zstd_encode = encode
+    kp_records.zstd_encode = partial(_kafka_python_zstd, level)
+
+
+def _kafka_python_zstd(level: int, payload: bytes) -> bytes:
+    """kafka-python's ``zstd_encode`` (python-zstandard), at ``level``."""
+    import zstandard
+
+    return zstandard.ZstdCompressor(level=level).compress(payload)
 
 
 def kafka_python_config(settings: Settings) -> dict[str, Any]:

@@ -67,6 +67,8 @@ def test_missing_config_file_named_by_env_is_an_error(tmp_path):
     ({"LLMSPEND_BUDGETS_UNIT_MIN_UNITS": "0"}, "unit_min_units"),
     ({"LLMSPEND_STREAM_STAGES": "normalise,sink"}, "unknown stage"),
     ({"LLMSPEND_KAFKA_COMPRESSION": "brotli"}, "kafka.compression"),
+    ({"LLMSPEND_KAFKA_ZSTD_LEVEL": "23"}, "kafka.zstd_level"),
+    ({"LLMSPEND_KAFKA_ZSTD_LEVEL": "-8"}, "kafka.zstd_level"),
     # A Faust app with no agent subscribes to nothing and crashed at start.
     ({"LLMSPEND_STREAM_STAGES": "lake"}, "run beside at least one of"),
     ({"LLMSPEND_STREAM_STAGES": "detect_windows,lake"}, "run beside at least one of"),
