@@ -66,3 +66,10 @@ def test_metrics_render_each_family_once_and_parse_back():
     parsed = gc_clock.parse("\n".join(lines) + "\nllmspend_other_total 5\n")
     assert parsed == {"collections": [7.0, 2.0, 1.0], "seconds": [0.5, 0.25, 0.125],
                       "objects_collected": [3.0, 0.0, 9.0]}
+
+
+def test_metrics_report_the_objects_frozen_without_counting_them_again(unfrozen, monkeypatch):
+    """A scrape must not walk the permanent generation (about 0.1 s in a worker)."""
+    frozen = gc_clock.freeze()
+    monkeypatch.setattr(gc, "get_freeze_count", lambda: pytest.fail("counted again"))
+    assert f"llmspend_gc_frozen_objects {frozen}" in list(gc_clock.GcClock().metrics())
