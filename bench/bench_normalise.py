@@ -16,7 +16,9 @@ ratios against (a) and (b); then (w) the ``llm_calls`` records of those calls, b
 reference ``calls_to_ndjson`` and by ``calls_ndjson.route`` (checked: the same lines);
 then (g) the same stages on the generator's traffic as the Kafka exporter writes it
 (real OTel SDK spans, content hashed, errors without usage), which the synthetic
-requests above do not resemble closely enough. Usage:
+requests above do not resemble closely enough; and (gc) its decode and normalise again,
+best of 3 back to back against best of 3 with 20 ms idle before each record and batch
+(as in the worker, where other threads run in between). Usage:
 ``.venv/bin/python bench/bench_normalise.py [requests] [spans_per_request] [--short]``
 (``--short``: 8 x 128 spans, for CI, which reads only the exit status).
 """
@@ -276,9 +278,9 @@ def cold(records: list[bytes], groups: list, calls: int, settings: Settings,
 
     warm = [cpu(0.0) for _ in range(3)]
     gapped = [cpu(gap_s) for _ in range(3)]
-    for label, i in (("(gd) decode_record", 0), ("(gn) normalise + price", 1)):
+    for label, i in (("decode_record", 0), ("normalise + price", 1)):
         w, c = min(r[i] for r in warm), min(r[i] for r in gapped)
-        print(f"    (gc) {label:29s}: {w / calls * 1e6:6.2f} us a call back to back, "
+        print(f"    (gc) {label:31s}: {w / calls * 1e6:6.2f} us a call back to back, "
               f"{c / calls * 1e6:6.2f} after {gap_s * 1000:.0f} ms idle ({c / w:.2f}x)")
 
 
