@@ -594,3 +594,76 @@ def test_arrays_of_strings_render_in_the_kernel_like_json_dumps(arrays):
     assert otlp_wire.STATS.json_values == rendered      # none by the reference
     got = otlp_wire.decode_batch(body).column("attributes").to_pylist()[0]
     assert [a["str"] for a in got] == [json.dumps(a, ensure_ascii=False) for a in arrays]
+
+
+# ---------------------------------------------------------------- several bodies in one pass
+
+
+def _each(bodies: list[bytes], tenants: list[str]) -> pa.Table:
+    return pa.concat_tables([otlp.decode_record(b, [(otlp.TENANT_HEADER, t.encode())])
+                             for b, t in zip(bodies, tenants, strict=True)])
+
+
+@SETTINGS
+@given(st.lists(st.tuples(requests(), st.sampled_from(["acme", "globex", "default"]),
+                          st.integers(0, 2**32)), min_size=1, max_size=4))
+def test_bodies_decoded_in_one_pass_equal_each_decoded_alone(items):
+    """Relaid bytes (fields out of order, messages split and merged) included."""
+    bodies, tenants = [], []
+    for req, tenant, seed in items:
+        entries = wire_parse(req.SerializeToString(), REQ)
+        mutate(entries, REQ, random.Random(seed), split=seed % 2 == 0)
+        bodies.append(wire_write(entries))
+        tenants.append(tenant)
+    got = otlp_wire.decode_concatenated(bodies, tenants)
+    if not all(bodies):  # an empty record is dead-lettered alone ("empty record")
+        assert got is None
+        return
+    if got is None:      # always allowed: the caller decodes each alone (groups at the
+        return           # top level, bodies the native path leaves to the reference)
+    table, sizes = got
+    want = [otlp.decode_record(b, [(otlp.TENANT_HEADER, t.encode())])
+            for b, t in zip(bodies, tenants, strict=True)]
+    assert sizes == [t.num_rows for t in want]
+    assert_same(table, pa.concat_tables(want))
+    assert table.column("tenant").num_chunks == 1
+
+
+@given(st.lists(requests(), min_size=2, max_size=4))
+def test_plain_requests_take_the_one_pass_path(reqs):
+    bodies = [r.SerializeToString() or _three_spans() for r in reqs]
+    tenants = [f"t{i % 2}" for i in range(len(bodies))]
+    got = otlp_wire.decode_concatenated(bodies, tenants)
+    assert got is not None
+    assert_same(got[0], _each(bodies, tenants))
+
+
+def test_a_body_cut_inside_a_field_is_not_read_across_into_the_next():
+    """Two halves of one request are valid protobuf together, but the first is not a
+    request alone: no one-pass batch (the per-record path dead-letters the halves)."""
+    whole = _three_spans()
+    for cut in (1, 2, len(whole) // 2, len(whole) - 1):
+        assert otlp_wire.decode_concatenated([whole[:cut], whole[cut:]], ["a", "a"]) is None
+    assert otlp_wire.decode_concatenated([whole, whole], ["a", "b"]) is not None
+
+
+def _three_spans() -> bytes:
+    req = ExportTraceServiceRequest()
+    spans = req.resource_spans.add().scope_spans.add().spans
+    for i in range(3):
+        s = spans.add()
+        s.trace_id, s.span_id, s.name = b"\x01" * 16, bytes([i + 1]) * 8, f"chat {i}"
+        s.start_time_unix_nano, s.end_time_unix_nano = 1, 2
+    return req.SerializeToString()
+
+
+def test_decode_records_needs_every_record_to_be_protobuf():
+    body = _three_spans()
+    json_body = json.dumps({"resourceSpans": []}).encode()
+    pb = [(otlp.TENANT_HEADER, b"acme")]
+    assert otlp.decode_records([(body, pb), (json_body, pb)]) is None
+    assert otlp.decode_records([(body, pb), (b"", pb)]) is None
+    table, sizes = otlp.decode_records([(body, pb), (body, [(otlp.TENANT_HEADER, b"b")]),
+                                        (body, None)])
+    assert sizes == [3, 3, 3]
+    assert table.column("tenant").to_pylist() == ["acme"] * 3 + ["b"] * 3 + ["default"] * 3
