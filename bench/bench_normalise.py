@@ -16,9 +16,7 @@ ratios against (a) and (b); then (w) the ``llm_calls`` records of those calls, b
 reference ``calls_to_ndjson`` and by ``calls_ndjson.route`` (checked: the same lines);
 then (g) the same stages on the generator's traffic as the Kafka exporter writes it
 (real OTel SDK spans, content hashed, errors without usage), which the synthetic
-requests above do not resemble closely enough, decoded one record at a time (gd) and
-as the stage decodes a batch of records, in one pass over their bodies (gd1); and (gc)
-its decode and normalise again,
+requests above do not resemble closely enough; and (gc) its decode and normalise again,
 best of 3 back to back against best of 3 with 20 ms idle before each record and batch
 (as in the worker, where other threads run in between). Usage:
 ``.venv/bin/python bench/bench_normalise.py [requests] [spans_per_request] [--short]``
@@ -31,7 +29,6 @@ import os
 import random
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -240,85 +237,51 @@ def generator_traffic(n_calls: int, settings: Settings, catalog: pricing.Catalog
     route_s = time.perf_counter() - t
     same = tables[0].equals(pa.concat_tables([normalise(b, settings, catalog, key).calls
                                               for b in batches[:k]]))
-    # As the stage does it: each batch's records decoded in one pass (one chunk), then
-    # normalised; checked equal to the record-by-record tables above.
-    t = time.perf_counter()
-    many = [otlp.decode_records([(b, None) for b in records[i:i + k]])
-            for i in range(0, len(records), k)]
-    many_s = time.perf_counter() - t
-    t = time.perf_counter()
-    tables1 = [col(sp, settings, catalog, key, records=sizes).calls for sp, sizes in many]
-    norm1_s = time.perf_counter() - t
-    same = same and all(a.equals(b) for a, b in zip(tables, tables1, strict=True))
     print(f"(g) generator traffic as otlp_spans records: {len(records)} records, "
           f"{spans} spans, {calls} calls")
-    for label, secs in (("(ga) ParseFromString", parse_s),
-                        ("(gd) decode_record, one at a time", decode_s),
+    for label, secs in (("(ga) ParseFromString", parse_s), ("(gd) decode_record", decode_s),
                         (f"(gn) normalise + price, {k} a batch", norm_s),
-                        (f"(gd1) decode_records, {k} in one pass", many_s),
-                        ("(gn1) normalise + price of those", norm1_s),
                         ("(gw) route_calls (llm_calls lines)", route_s)):
         print(f"    {label:36s}: {spans / secs:12,.0f} spans/s, "
               f"{secs / calls * 1e6:6.2f} us a call")
-    for label, total in (("(gd) + (gn)", decode_s + norm_s),
-                         ("(gd1) + (gn1), as the stage", many_s + norm1_s)):
-        print(f"    decode + normalise + price, {label:28s}: {spans / total:10,.0f} "
-              f"spans/s, {parse_s / total:.3f} of (ga)")
-    print(f"    equal to the reference on the first batch, one pass equal to one at a "
-          f"time: {same}")
+    total = decode_s + norm_s
+    print(f"    decode + normalise + price          : {spans / total:12,.0f} spans/s, "
+          f"{parse_s / total:.3f} of (ga); equals the reference on the first batch: {same}")
     if n_calls >= 10_000:                  # not in CI's short run
-        cold(records, groups, many, calls, settings, catalog, key)
+        cold(records, groups, calls, settings, catalog, key)
     return same
 
 
-def cold(records: list[bytes], groups: list, many: list, calls: int, settings: Settings,
+def cold(records: list[bytes], groups: list, calls: int, settings: Settings,
          catalog: pricing.Catalog, key: bytes, gap_s: float = 0.02) -> None:
-    """(gc): the stage's steps again, best of 3, CPU time of the calls only, back to back
-    and with ``gap_s`` idle before each record or batch. In the worker other threads and
-    processes run between two steps; after an idle gap the caches hold their data, not
-    ours, so each step starts cold. The first timed pass above also pays for fresh
-    memory (page faults), which a running worker has already mapped; these do not. The
-    steps: decoding one record at a time and normalising their concatenation (``d1``,
-    ``n1``: the stage until 2026-12-08), and decoding each batch's records in one pass
-    and normalising that (``dm``, ``nm``)."""
+    """(gc): decode and normalise again, each record and batch after ``gap_s`` idle, CPU
+    time of the calls only, against the same back to back. In the worker other threads
+    and processes run between two records; after an idle gap the caches hold their
+    data, not ours, so each step starts cold. Best of 3 for both."""
     col = normalise_columnar.normalise
-    k = len(groups[0][1])
 
-    def cpu(gap: float) -> list[float]:
-        out = [0.0, 0.0, 0.0, 0.0]
-
-        def timed(i: int, fn: Callable[[], object]) -> None:
+    def cpu(gap: float) -> tuple[float, float]:
+        dec = norm = 0.0
+        for body in records:
             if gap:
                 time.sleep(gap)
             t = time.thread_time()
-            fn()
-            out[i] += time.thread_time() - t
-
-        for body in records:
-            timed(0, lambda body=body: otlp.decode_record(body))
+            otlp.decode_record(body)
+            dec += time.thread_time() - t
         for sp, sizes in groups:
-            timed(1, lambda sp=sp, sizes=sizes: col(sp, settings, catalog, key,
-                                                    records=sizes))
-        for i in range(0, len(records), k):
-            timed(2, lambda i=i: otlp.decode_records([(b, None) for b in records[i:i + k]]))
-        for sp, sizes in many:
-            timed(3, lambda sp=sp, sizes=sizes: col(sp, settings, catalog, key,
-                                                    records=sizes))
-        return out
+            if gap:
+                time.sleep(gap)
+            t = time.thread_time()
+            col(sp, settings, catalog, key, records=sizes)
+            norm += time.thread_time() - t
+        return dec, norm
 
     warm = [cpu(0.0) for _ in range(3)]
     gapped = [cpu(gap_s) for _ in range(3)]
-    best_w = [min(r[i] for r in warm) for i in range(4)]
-    best_c = [min(r[i] for r in gapped) for i in range(4)]
-    labels = ("(d1) decode_record, one at a time", "(n1) normalise + price of those",
-              f"(dm) decode_records, {k} in one pass", "(nm) normalise + price of those")
-    for label, w, c in zip(labels, best_w, best_c, strict=True):
-        print(f"    (gc) {label:37s}: {w / calls * 1e6:6.2f} us a call back to back, "
+    for label, i in (("decode_record", 0), ("normalise + price", 1)):
+        w, c = min(r[i] for r in warm), min(r[i] for r in gapped)
+        print(f"    (gc) {label:31s}: {w / calls * 1e6:6.2f} us a call back to back, "
               f"{c / calls * 1e6:6.2f} after {gap_s * 1000:.0f} ms idle ({c / w:.2f}x)")
-    for name, w, c in (("d1 + n1", best_w[0] + best_w[1], best_c[0] + best_c[1]),
-                       ("dm + nm", best_w[2] + best_w[3], best_c[2] + best_c[3])):
-        print(f"    (gc) {name}: {w / calls * 1e6:6.2f} us a call back to back, "
-              f"{c / calls * 1e6:6.2f} after idle")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -393,10 +393,14 @@ def decode_record(value: bytes | None, headers: Iterable[tuple[str, bytes]] | No
     """
     if not value:
         raise DecodeError("empty record")
-    tenant, ctype, encoding = _record_meta(value, headers)
+    hdrs = {k: v for k, v in (headers or [])}
+    tenant = (hdrs.get(TENANT_HEADER) or b"default").decode("utf-8", "replace")
+    ctype = hdrs.get("content-type")
+    encoding = sniff_encoding(value, ctype.decode("latin-1") if ctype else None)
     if encoding == PROTOBUF:
         return _protobuf_batch(value, tenant)
-    said_json = ctype is not None and ctype.split(";")[0].strip().lower() == JSON
+    said_json = ctype is not None and \
+        ctype.decode("latin-1").split(";")[0].strip().lower() == JSON
     if not said_json and value[:1] != b"{":     # blank first bytes: JSON's or protobuf's
         try:
             return _json_batch(value, tenant)
@@ -406,37 +410,6 @@ def decode_record(value: bytes | None, headers: Iterable[tuple[str, bytes]] | No
             except DecodeError:
                 raise exc from None
     return _json_batch(value, tenant)
-
-
-def decode_records(records: Sequence[tuple[bytes | None,
-                                            Iterable[tuple[str, bytes]] | None]]
-                   ) -> tuple[pa.Table, list[int]] | None:
-    """Several ``otlp_spans`` records (value, headers) as one span batch and each one's
-    span count: what :func:`decode_record` gives for each, concatenated, decoded in one
-    pass (:func:`pipeline.otlp_wire.decode_concatenated`). None unless every record is
-    a protobuf request that path takes whole; then decode them one by one."""
-    from pipeline import otlp_wire
-
-    bodies, tenants = [], []
-    for value, headers in records:
-        if not value:
-            return None
-        tenant, _, encoding = _record_meta(value, headers)
-        if encoding != PROTOBUF:
-            return None
-        bodies.append(bytes(value))
-        tenants.append(tenant)
-    return otlp_wire.decode_concatenated(bodies, tenants)
-
-
-def _record_meta(value: bytes, headers: Iterable[tuple[str, bytes]] | None
-                 ) -> tuple[str, str | None, str]:
-    """(tenant, content type header, sniffed encoding) of an ``otlp_spans`` record."""
-    hdrs = {k: v for k, v in (headers or [])}
-    tenant = (hdrs.get(TENANT_HEADER) or b"default").decode("utf-8", "replace")
-    raw = hdrs.get("content-type")
-    ctype = raw.decode("latin-1") if raw else None
-    return tenant, ctype, sniff_encoding(value, ctype)
 
 
 def _protobuf_batch(value: bytes, tenant: str) -> pa.Table:

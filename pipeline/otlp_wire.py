@@ -1110,78 +1110,6 @@ def _attributes(buf: np.ndarray, side: np.ndarray, tab: np.ndarray) -> pa.Struct
     return pa.StructArray.from_arrays(children, fields=list(S.ATTRIBUTE))
 
 
-@njit(cache=True)
-def _top_level_fields(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """Per body ``buf[starts[k]:ends[k]]``: how many ``resource_spans`` (field 1) it holds
-    at the top level, or -1 when one of its top-level fields is malformed or does not end
-    inside it. Bodies that all pass can be decoded as their concatenation: protobuf reads
-    concatenated messages as one whose repeated fields are joined, field 1 is the
-    request's only field, and no field straddles two bodies."""
-    out = np.zeros(len(starts), np.int64)
-    for k in range(len(starts)):
-        p, end = starts[k], ends[k]
-        n = 0
-        while p < end:
-            tag, p = _varint(buf, p, end)
-            if p < 0:
-                n = -1
-                break
-            wt = tag & 7
-            if wt == 0:
-                _, p = _varint(buf, p, end)
-            elif wt == 1:
-                p += 8
-            elif wt == 5:
-                p += 4
-            elif wt == 2:
-                length, p = _varint(buf, p, end)
-                if p < 0 or length < 0 or length > end - p:
-                    n = -1
-                    break
-                p += length
-                if tag >> 3 == 1:
-                    n += 1
-            else:                      # groups, or a wire type protobuf has not
-                n = -1
-                break
-            if p < 0 or p > end:
-                n = -1
-                break
-        out[k] = n
-    return out
-
-
-def decode_concatenated(bodies: list[bytes], tenants: list[str]
-                        ) -> tuple[pa.Table, list[int]] | None:
-    """Several ``ExportTraceServiceRequest`` bodies as one span batch, in body order, and
-    each body's span count: the same rows as decoding each with :func:`decode_batch` and
-    concatenating (tests compare them), in one pass of the kernels over the bodies
-    joined. Each body's Python and Arrow work is paid once per batch instead of once per
-    body, and the batch is one chunk, so the normaliser copies nothing to combine it.
-    None when any body is not plainly decodable here (the caller then decodes them one
-    by one, and the fallbacks and errors are each body's own)."""
-    if not NATIVE or not all(bodies):      # an empty record is an error of its own
-        return None
-    joined = b"".join(bodies)
-    lengths = np.array([len(b) for b in bodies], np.int64)
-    ends = np.cumsum(lengths)
-    per_body = _top_level_fields(np.frombuffer(joined, np.uint8), ends - lengths, ends)
-    if (per_body < 0).any():
-        return None
-    distinct = list(dict.fromkeys(tenants))
-    tenant_of_rs = np.repeat(np.array([distinct.index(t) for t in tenants], np.int64),
-                             per_body)
-    try:
-        table, rs_of = _build(joined, (distinct, tenant_of_rs))
-    except (_Unsupported, _PbDecodeError, UnicodeError, pa.ArrowException, ValueError,
-            OverflowError, RecursionError):
-        return None
-    body_of_rs = np.repeat(np.arange(len(bodies), dtype=np.int64), per_body)
-    sizes = np.bincount(body_of_rs[rs_of], minlength=len(bodies)).tolist()
-    STATS.native += len(bodies)
-    return table, sizes
-
-
 def _tenant_column(tenant: str, n: int) -> pa.Array:
     raw = tenant.encode()
     offsets = np.arange(n + 1, dtype=np.int64) * len(raw)
@@ -1209,10 +1137,7 @@ def _run_kernel(buf: np.ndarray) -> tuple:
         caps = [c * 4 if n >= c else c for c, n in zip(caps, counts, strict=True)]
 
 
-def _build(body: bytes, tenant: str | tuple[list[str], np.ndarray]) -> tuple[pa.Table,
-                                                                               np.ndarray]:
-    """The span batch of ``body`` and each span's ``resource_spans`` index. ``tenant``:
-    one for every span, or (tenants, index of each ``resource_spans``' tenant)."""
+def _build(body: bytes, tenant: str) -> pa.Table:
     buf = np.frombuffer(body, np.uint8)
     status, spans, sattr, events, eattr, rattr, res, scopes = _run_kernel(buf)
     if status:
@@ -1245,13 +1170,8 @@ def _build(body: bytes, tenant: str | tuple[list[str], np.ndarray]) -> tuple[pa.
     ], fields=list(S.EVENT))
 
     ss_of = spans[P_SS]
-    if isinstance(tenant, str):
-        tenant_column = _tenant_column(tenant, n)
-    else:
-        names, of_rs = tenant
-        tenant_column = pa.array(names, pa.string()).take(pa.array(of_rs[spans[P_RS]]))
     columns = [
-        tenant_column,
+        _tenant_column(tenant, n),
         _strings(buf, spans[P_TID_OFF], spans[P_TID_LEN], pa.binary()),
         _strings(buf, spans[P_SID_OFF], spans[P_SID_LEN], pa.binary()),
         _strings(buf, spans[P_PSID_OFF], spans[P_PSID_LEN], pa.binary()),
@@ -1271,7 +1191,7 @@ def _build(body: bytes, tenant: str | tuple[list[str], np.ndarray]) -> tuple[pa.
         _strings(buf, scopes[C_NAME_OFF][ss_of], scopes[C_NAME_LEN][ss_of]),
         _strings(buf, scopes[C_VER_OFF][ss_of], scopes[C_VER_LEN][ss_of]),
     ]
-    return pa.Table.from_arrays(columns, schema=S.SPAN_BATCH), rs_of
+    return pa.Table.from_arrays(columns, schema=S.SPAN_BATCH)
 
 
 def reference_batch(body: bytes, tenant: str = "default") -> pa.Table:
@@ -1290,7 +1210,7 @@ def decode_batch(body: bytes, tenant: str = "default") -> pa.Table:
     if NATIVE and isinstance(body, bytes | bytearray | memoryview):
         body = bytes(body)
         try:
-            table, _ = _build(body, tenant)
+            table = _build(body, tenant)
         except _Unsupported as exc:
             reason = str(exc)
         except (_PbDecodeError, UnicodeError, pa.ArrowException, ValueError,

@@ -23,7 +23,6 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from itertools import accumulate
 from typing import Any
 
 import pyarrow as pa
@@ -109,17 +108,23 @@ class NormaliseStage:
 
     def _run(self, records: Sequence[Input]) -> BatchResult:
         result = BatchResult()
+        decoded: list[tuple[int, pa.Table]] = []
         with self.clock.step("decode"):
-            decoded, spans = self._decode(records, result)
+            for i, (value, headers, _, _) in enumerate(records):
+                try:
+                    decoded.append((i, otlp.decode_record(value, _headers(headers))))
+                except otlp.DecodeError as exc:
+                    result.dead_letters.append((i, f"decode: {exc}"))
+                    result.stats["records_dead_lettered"] += 1
         if not decoded:
             return result
         try:
-            parts = [self._convert(spans, [t.num_rows for _, t in decoded])]
+            parts = [self._convert([t for _, t in decoded])]
         except Exception:  # noqa: BLE001 - each record alone names the culprit
             parts = []
             for i, table in decoded:        # find the culprit: each record alone
                 try:
-                    parts.append(self._convert(table, [table.num_rows]))
+                    parts.append(self._convert([table]))
                 except Exception as exc:
                     _, _, partition, offset = records[i]
                     log.exception("normalise failed on %s[%d]@%d", OTLP_SPANS, partition,
@@ -142,40 +147,15 @@ class NormaliseStage:
                 self.lake_handoff.put(body, calls)
         return result
 
-    @staticmethod
-    def _decode(records: Sequence[Input], result: BatchResult
-                ) -> tuple[list[tuple[int, pa.Table]], pa.Table | None]:
-        """Each decodable record's (index, span batch), and all of them as one batch.
-        Protobuf records are decoded in one pass over them all when they allow it
-        (:func:`pipeline.otlp.decode_records`); otherwise one by one, and a record that
-        cannot be decoded is dead-lettered alone."""
-        many = otlp.decode_records([(v, _headers(h)) for v, h, _, _ in records]) \
-            if len(records) > 1 else None
-        if many is not None:
-            spans, sizes = many
-            starts = list(accumulate(sizes, initial=0))
-            return [(i, spans.slice(starts[i], n)) for i, n in enumerate(sizes)], spans
-        decoded: list[tuple[int, pa.Table]] = []
-        for i, (value, headers, _, _) in enumerate(records):
-            try:
-                decoded.append((i, otlp.decode_record(value, _headers(headers))))
-            except otlp.DecodeError as exc:
-                result.dead_letters.append((i, f"decode: {exc}"))
-                result.stats["records_dead_lettered"] += 1
-        tables = [t for _, t in decoded]
-        if len(tables) < 2:
-            return decoded, tables[0] if tables else None
-        return decoded, pa.concat_tables(tables)
-
-    def _convert(self, spans: pa.Table, sizes: list[int]
+    def _convert(self, tables: list[pa.Table]
                  ) -> tuple[int, ref.NormaliseResult, list[tuple[int, bytes, pa.Table]]]:
-        """Decoded records (``spans``, of ``sizes`` rows each) -> (how many, their calls,
-        routed to ``llm_calls``)."""
+        """Decoded records -> (how many, their calls, routed to ``llm_calls``)."""
         with self.clock.step("normalise"):
+            spans = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
             out = columnar.normalise(spans, self.settings, self.catalog, self.hash_key,
-                                     records=sizes)
+                                     records=[t.num_rows for t in tables])
         with self.clock.step("route"):
-            return len(sizes), out, calls_ndjson.route_calls(out.calls, self.partitions)
+            return len(tables), out, calls_ndjson.route_calls(out.calls, self.partitions)
 
     def _hand_off(self, routed: list[tuple[int, bytes, pa.Table]]) -> None:
         """Leave each body's columns for this worker's aggregate stage, built once for

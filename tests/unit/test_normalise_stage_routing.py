@@ -82,25 +82,6 @@ def test_records_processed_together_give_each_records_calls_merged_per_partition
     assert res.calls == 16 and res.stats["records_in"] == 4
 
 
-def test_protobuf_records_are_decoded_in_one_pass_each_with_its_tenant(stage, monkeypatch):
-    from pipeline import otlp_wire
-
-    values = _requests(3)
-    headers = [[(otlp.TENANT_HEADER, t)] for t in (b"acme", b"globex", b"acme")]
-    want: dict[int, bytes] = {}
-    for i, (v, h) in enumerate(zip(values, headers, strict=True)):
-        for partition, body in stage.process(v, h, 0, i).outputs:
-            want[partition] = want.get(partition, b"") + body
-    monkeypatch.setattr(otlp_wire, "decode_batch",
-                        lambda *a, **k: pytest.fail("decoded one record at a time"))
-    res = stage.process_many([(v, h, 0, i) for i, (v, h)
-                              in enumerate(zip(values, headers, strict=True))])
-    assert dict(res.outputs) == want and res.dead_letters == []
-    tenants = {json.loads(line)["tenant"] for _, body in res.outputs
-               for line in body.splitlines()}
-    assert tenants == {"acme", "globex"}
-
-
 def test_a_bad_record_among_good_ones_is_dead_lettered_alone(stage):
     good = _requests(3)
     records = [(good[0], None, 0, 0), (b"\x0a\xff\xff garbage", None, 0, 1),
