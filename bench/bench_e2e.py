@@ -58,9 +58,11 @@ ROOT = Path(__file__).resolve().parent.parent
 HASH_KEY = "bench-e2e-hash-key-0123456789abcdef"
 
 
-def _cpu_s(pid: int) -> float:
+def _proc(pid: int) -> tuple[float, float, int]:
+    """(user CPU s, system CPU s, minor page faults) of a process, from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick, int(fields[7])
 
 
 def _free_port() -> int:
@@ -190,7 +192,8 @@ def end_to_end(worker: Worker, lake: Path, tenant: str, calls: int, gc_freeze: b
     lake holds every call, the lake's (count, cost), and the CPU seconds of each stage
     step and of each thread meanwhile."""
     t0 = worker.start()
-    cpu0 = _cpu_s(worker.proc.pid)
+    proc0 = _proc(worker.proc.pid)
+    cpu0 = proc0[0] + proc0[1]
     steps0, threads0 = worker.step_cpu()
     gc0 = gc_clock.parse(worker.metrics())
     deadline = t0 + 1800
@@ -202,7 +205,9 @@ def end_to_end(worker: Worker, lake: Path, tenant: str, calls: int, gc_freeze: b
             if got[0] >= calls:
                 break
         time.sleep(0.2)
-    wall, cpu = time.monotonic() - t0, _cpu_s(worker.proc.pid) - cpu0
+    wall, proc1 = time.monotonic() - t0, _proc(worker.proc.pid)
+    cpu = proc1[0] + proc1[1] - cpu0
+    system, faults = proc1[1] - proc0[1], proc1[2] - proc0[2]
     steps1, threads1 = worker.step_cpu()
     text = worker.metrics()
     print(f"handoff bodies (parsed again when missed): {worker.handoffs(text)}")
@@ -215,6 +220,9 @@ def end_to_end(worker: Worker, lake: Path, tenant: str, calls: int, gc_freeze: b
     print(f"garbage collections (young, middle, full): {runs[0]}, {runs[1]}, {runs[2]}, "
           f"{gc_s:.3f} CPU s ({gc_s / calls * 1e6:.2f} us a call, counted in the lines "
           f"below); {frozen:,} objects frozen out of them at start")
+    print(f"in the kernel (system CPU, counted in the lines below): {system:.2f} s "
+          f"({system / cpu:.0%} of the worker's, {system / calls * 1e6:.2f} us a call); "
+          f"minor page faults: {faults / calls:.2f} a call")
     if gc_freeze and not frozen:
         sys.exit("FAILED: the worker froze no objects (stream.gc_freeze is on)")
     print(f"lake flushes (a file per hive partition each): {flushes}; aggregate partials "
