@@ -73,7 +73,7 @@ class KafkaSettings:
     #: a fraction of the bytes (bench/README.md). aiokafka's lz4 is level 9: slow.
     compression: str = "zstd"
     #: zstd level of those batches (Kafka's own default is 3). On ``llm_calls`` level 1
-    #: compresses about 1.5x faster than 3 and packs as tightly (bench_compression).
+    #: compresses about 1.4x faster than 3 and packs as tightly (bench_compression).
     #: Neither client library takes a level per producer: it is set process-wide.
     zstd_level: int = 1
 
