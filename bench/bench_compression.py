@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from aiokafka import codec
 
-from pipeline.config import load_settings
+from pipeline.config import KAFKA_DEFAULT_ZSTD_LEVEL, load_settings
 from pipeline.traffic import emit as emit_mod
 from pipeline.traffic.offline import (
     SpanRecordCollector,
@@ -50,7 +50,6 @@ from pipeline.traffic.plan import Options, plan
 PARTITIONS = 6
 BATCH_BYTES = 16384        # aiokafka's and kafka-python's default batch size
 Codec = tuple[Callable[[bytes], bytes], Callable[[bytes], bytes]]
-KAFKA_ZSTD_LEVEL = 3       # what both client libraries write unless told otherwise
 
 
 def codecs(zstd_level: int) -> dict[str, Codec]:
@@ -62,7 +61,7 @@ def codecs(zstd_level: int) -> dict[str, Codec]:
         "snappy": (codec.snappy_encode, codec.snappy_decode),
         "lz4": (codec.lz4_encode, codec.lz4_decode),
     }
-    for level in dict.fromkeys((KAFKA_ZSTD_LEVEL, zstd_level)):
+    for level in dict.fromkeys((KAFKA_DEFAULT_ZSTD_LEVEL, zstd_level)):
         out[f"zstd {level}"] = (partial(codec.zstd_encode, level=level), codec.zstd_decode)
     return out
 

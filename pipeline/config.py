@@ -392,6 +392,8 @@ class ReportSettings:
 COMPRESSION_CODECS = ("none", "gzip", "snappy", "lz4", "zstd")
 #: zstd's fast (negative) levels down to -7, then 1 to 22.
 ZSTD_LEVELS = (-7, 22)
+#: The zstd level Kafka's clients write when given none (aiokafka and kafka-python do).
+KAFKA_DEFAULT_ZSTD_LEVEL = 3
 _SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 _SASL_MECHANISMS = ("", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
